@@ -1,0 +1,59 @@
+"""Model registry: `create(name, ...)` builds any built-in spiking network by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from spiketide.errors import ConfigError
+from spiketide.models.base import SpikingModel, fold
+
+__all__ = ["create", "register", "available", "SpikingModel", "fold"]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    """Decorator: add a model constructor to the registry under `name`."""
+
+    def deco(fn):
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create(name: str, *, num_classes: int, timesteps: int, tau: float = 2.0, in_channels: int = 3,
+           image_size: int = 32, **kwargs) -> SpikingModel:
+    """Build a registered SNN: pixels [B, C, H, W] or [T, B, C, H, W] in [0, 1] -> logits [T, B, num_classes].
+
+    kwargs: `mean`, `std` (per-channel normalisation, pixel units) and model-specific options.
+    """
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(available())}")
+    if int(timesteps) < 1:
+        raise ConfigError(f"timesteps T must be >= 1, got {timesteps}")
+    if int(num_classes) < 2:
+        raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
+    if float(tau) == 0:
+        raise ConfigError("tau must be non-zero: Eq. 1 divides by tau (the paper uses 0.75, 2 and 4)")
+    return _REGISTRY[name](num_classes=num_classes, timesteps=timesteps, tau=tau, in_channels=in_channels,
+                           image_size=image_size, **kwargs)
+
+
+def _register_builtin() -> None:
+    from spiketide.models.convnet import ConvNet
+
+    register("convnet")(ConvNet)
+    try:  # architectures added module by module; a missing file must not break the registry
+        from spiketide.models import resnet, vgg, alexnet  # noqa: F401
+    except ImportError:
+        pass
+
+
+_register_builtin()

@@ -1,0 +1,64 @@
+"""`alexnet`: CIFAR-size spiking AlexNet (five conv3x3-BN-LIF layers 96/256/384/384/256, two hidden FC layers)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from spiketide.models import register
+from spiketide.models.base import SpikingModel, fold
+from spiketide.neuron import LIF
+
+__all__ = ["AlexNet"]
+
+
+def _conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+
+
+@register("alexnet")
+class AlexNet(SpikingModel):
+    """Spiking AlexNet for 28x28 / 32x32 images, the small-image AlexNet variant common in SNN work
+    (AlexNet's 96/256/384/384/256 channel plan with 3x3 kernels and a 1024-1024 classifier).
+
+    stem conv3x3(in->96)+BN (direct encoding) -> LIF -> avgpool2
+    -> conv2 (96->256)+BN -> LIF -> avgpool2
+    -> conv3 (256->384)+BN -> LIF -> conv4 (384->384)+BN -> LIF -> conv5 (384->256)+BN -> LIF -> avgpool2
+    -> adaptive avgpool to 2x2 (32: 32->16->8->4->2; 28: 28->14->7->4->2, pools use ceil_mode)
+    -> fc1 (1024->1024)+BN -> LIF -> fc2 (1024->1024)+BN -> LIF -> fc (1024->num_classes, plain linear head).
+    Convolutions and hidden FC layers have no bias and are followed by BN (BatchNorm1d for the FC layers),
+    shared across timesteps. Blocks: ``stem``, ``conv2`` .. ``conv5``,
+    ``fc1``, ``fc2``, ``fc``.
+    3 input channels, 10 classes: 5,434,602 parameters (1 input channel: 5,432,874).
+    """
+
+    block_names = ("stem", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2", "fc")
+
+    def __init__(self, *, num_classes: int, timesteps: int, tau: float = 2.0, in_channels: int = 3,
+                 image_size: int = 32, **kw):
+        super().__init__(num_classes=num_classes, timesteps=timesteps, in_channels=in_channels,
+                         image_size=image_size, **kw)
+        self.stem = _conv_bn(in_channels, 96)
+        self.conv2 = _conv_bn(96, 256)
+        self.conv3 = _conv_bn(256, 384)
+        self.conv4 = _conv_bn(384, 384)
+        self.conv5 = _conv_bn(384, 256)
+        for k in range(1, 8):
+            setattr(self, f"lif{k}", LIF(tau))
+        self.pool = nn.AvgPool2d(2, ceil_mode=True)
+        self.gap = nn.AdaptiveAvgPool2d(2)
+        # Hidden FC layers carry BN (shared across timesteps) like the convs: with plain Linear init their
+        # currents stay far below threshold and the classifier would receive no spikes at initialisation.
+        self.fc1 = nn.Sequential(nn.Linear(256 * 4, 1024, bias=False), nn.BatchNorm1d(1024))
+        self.fc2 = nn.Sequential(nn.Linear(1024, 1024, bias=False), nn.BatchNorm1d(1024))
+        self.fc = nn.Linear(1024, num_classes)
+
+    def forward_features(self, z: torch.Tensor) -> torch.Tensor:
+        s = fold(self.pool, self.lif1(z))
+        s = fold(self.pool, self.lif2(fold(self.conv2, s)))
+        s = self.lif3(fold(self.conv3, s))
+        s = self.lif4(fold(self.conv4, s))
+        s = fold(self.pool, self.lif5(fold(self.conv5, s)))
+        s = self.lif6(fold(lambda a: self.fc1(self.gap(a).flatten(1)), s))
+        s = self.lif7(fold(self.fc2, s))
+        return fold(self.fc, s)

@@ -1,0 +1,65 @@
+"""Shared pieces of the built-in SNNs: input normalisation, direct encoding, timestep folding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from spiketide.errors import ConfigError
+
+__all__ = ["fold", "SpikingModel"]
+
+
+def fold(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Apply a stateless layer to [T, B, ...] by folding time into the batch ([T*B, ...])."""
+    T, B = x.shape[:2]
+    y = fn(x.flatten(0, 1))
+    return y.view(T, B, *y.shape[1:])
+
+
+class SpikingModel(nn.Module):
+    """Base class: pixels in [0, 1] -> per-timestep logits [T, B, num_classes].
+
+    Subclasses define `stem` (a stateless conv/BN module, the direct-encoding layer), `body`
+    (a callable on [T, B, ...] spikes/currents) via `forward_features`, and list `block_names`:
+    module-name prefixes that group parameters into blocks for per-block Fisher information.
+    A static image [B, C, H, W] goes through the stem once and is repeated T times (direct
+    encoding); a per-timestep input [T, B, C, H, W] goes through the stem at every step.
+    """
+
+    block_names: Sequence[str] = ()
+
+    def __init__(self, *, num_classes: int, timesteps: int, in_channels: int, image_size: int,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+        super().__init__()
+        self.num_classes, self.timesteps = int(num_classes), int(timesteps)
+        self.in_channels, self.image_size = int(in_channels), int(image_size)
+        mean = [0.5] * in_channels if mean is None else list(mean)
+        std = [0.5] * in_channels if std is None else list(std)
+        if len(mean) != in_channels or len(std) != in_channels:
+            raise ConfigError(f"mean/std need {in_channels} values (one per input channel), got {mean} / {std}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise and apply the stem: [B, C, H, W] -> [T, B, ...] repeated, or [T, B, C, H, W] -> [T, B, ...]."""
+        if x.dim() == 4:
+            if x.shape[1] != self.in_channels:
+                raise ValueError(f"expected {self.in_channels} input channels, got input shape {tuple(x.shape)}")
+            z = self.stem((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
+            return z.unsqueeze(0).expand(self.timesteps, *z.shape)
+        if x.dim() == 5:
+            if x.shape[0] != self.timesteps or x.shape[2] != self.in_channels:
+                raise ValueError(
+                    f"per-timestep input must be [T={self.timesteps}, B, {self.in_channels}, H, W], got {tuple(x.shape)}"
+                )
+            return fold(self.stem, (x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
+        raise ValueError(f"expected images [B, C, H, W] or [T, B, C, H, W], got shape {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(self.encode(x))
+
+    def forward_features(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,188 @@
+"""Leaky integrate-and-fire neuron (Eq. 1) with the arctan surrogate gradient (Eq. 2).
+
+The dynamics are small pure functions (`lif_step`, `lif_scan`); `LIF` is a thin,
+stateless multi-step module around them. A compiled scan (`torch.compile`) is the
+fast path; it gives the same spikes as the step loop and falls back to it cleanly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import torch
+from torch import nn
+
+from spiketide.errors import ConfigError
+
+__all__ = ["ArcTanSpike", "spike", "lif_step", "lif_scan", "LIF", "set_fast_path", "fast_path_enabled"]
+
+
+class ArcTanSpike(torch.autograd.Function):
+    """Heaviside step forward; backward is d/dx [(1/pi) arctan(pi x) + 1/2] = 1 / (1 + (pi x)^2)."""
+
+    generate_vmap_rule = True  # lets torch.func (vmap/grad) trace through the neuron
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad_output / (1 + (math.pi * x) ** 2)
+
+
+def spike(x: torch.Tensor) -> torch.Tensor:
+    """Spike where the (threshold-shifted) membrane potential x >= 0, arctan surrogate backward."""
+    return ArcTanSpike.apply(x)
+
+
+def lif_step(
+    x: torch.Tensor, u: torch.Tensor, tau: float, v_threshold: float, detach_reset: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of Eq. 1: U_t = (1 - 1/tau) U_{t-1} + X_t / tau, spike if U_t >= threshold, hard reset to 0.
+
+    Returns (spike, membrane after reset).
+    """
+    u = u * (1.0 - 1.0 / tau) + x * (1.0 / tau)
+    s = spike(u - v_threshold)
+    # The authors detach the reset path: the gradient skips d(reset)/dU.
+    r = s.detach() if detach_reset else s
+    return s, u * (1.0 - r)
+
+
+def lif_scan(x: torch.Tensor, tau: float, v_threshold: float = 1.0, detach_reset: bool = True) -> torch.Tensor:
+    """Run Eq. 1 over the leading time axis of `x` [T, ...]; returns spikes [T, ...] (0./1.)."""
+    u = torch.zeros_like(x[0])
+    out = []
+    for t in range(x.shape[0]):
+        s, u = lif_step(x[t], u, tau, v_threshold, detach_reset)
+        out.append(s)
+    return torch.stack(out)
+
+
+_FAST = os.environ.get("SPIKETIDE_NO_COMPILE", "") in ("", "0")
+
+
+def set_fast_path(enabled: bool) -> None:
+    """Switch the compiled LIF scan on or off for the whole process (env: SPIKETIDE_NO_COMPILE=1)."""
+    global _FAST
+    _FAST = bool(enabled)
+
+
+def fast_path_enabled() -> bool:
+    return _FAST
+
+
+def _scan_forward(x: torch.Tensor, tau: float, v_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 1 without autograd: spikes and h = U_t - threshold (pre-reset), all the backward needs."""
+    u = torch.zeros_like(x[0])
+    spikes, hs = [], []
+    for t in range(x.shape[0]):
+        u = u * (1.0 - 1.0 / tau) + x[t] * (1.0 / tau)  # same op order as lif_step: identical spikes
+        h = u - v_threshold
+        s = (h >= 0).to(x.dtype)
+        spikes.append(s)
+        hs.append(h)
+        u = u * (1.0 - s)
+    return torch.stack(spikes), torch.stack(hs)
+
+
+def _scan_backward(grad_s: torch.Tensor, h: torch.Tensor, tau: float, v_threshold: float,
+                   detach_reset: bool) -> torch.Tensor:
+    """BPTT through Eq. 1 in reverse time (Eq. 2), arctan surrogate dS/dU = 1 / (1 + (pi h)^2)."""
+    grad_v = torch.zeros_like(grad_s[0])  # dL/d(post-reset membrane) flowing back from step t+1
+    grads = []
+    for t in range(grad_s.shape[0] - 1, -1, -1):
+        sg = 1.0 / (1.0 + (math.pi * h[t]) ** 2)
+        grad_u = grad_s[t] * sg + grad_v * (h[t] < 0).to(grad_s.dtype)
+        if not detach_reset:  # d[u (1 - s)]/du also carries -u * dS/dU
+            grad_u = grad_u - grad_v * (h[t] + v_threshold) * sg
+        grads.append(grad_u * (1.0 / tau))
+        grad_v = grad_u * (1.0 - 1.0 / tau)
+    grads.reverse()
+    return torch.stack(grads)
+
+
+_compiled: dict[str, object] = {}
+
+
+def _compiled_fn(name: str):
+    if name not in _compiled:
+        _compiled[name] = torch.compile(_scan_forward if name == "fwd" else _scan_backward)
+    return _compiled[name]
+
+
+class _FusedLIF(torch.autograd.Function):
+    """The whole scan as one autograd node: a compiled forward loop and a compiled reverse-time loop."""
+
+    @staticmethod
+    def forward(ctx, x, tau, v_threshold, detach_reset):
+        s, h = _compiled_fn("fwd")(x, tau, v_threshold)
+        ctx.save_for_backward(h)
+        ctx.params = (tau, v_threshold, detach_reset)
+        return s
+
+    @staticmethod
+    def backward(ctx, grad_s):
+        (h,) = ctx.saved_tensors
+        return _compiled_fn("bwd")(grad_s.contiguous(), h, *ctx.params), None, None, None
+
+
+def _fast_scan(x: torch.Tensor, tau: float, v_threshold: float, detach_reset: bool) -> torch.Tensor:
+    global _FAST
+    try:
+        return _FusedLIF.apply(x, tau, v_threshold, detach_reset)
+    except Exception as exc:  # no compiler or a backend failure: the plain loop is always correct
+        _FAST = False
+        warnings.warn(
+            f"spiketide: compiled LIF scan unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "using the plain step loop. Set SPIKETIDE_NO_COMPILE=1 to silence this.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return lif_scan(x, tau, v_threshold, detach_reset)
+
+
+class LIF(nn.Module):
+    """Multi-step LIF neuron (Eq. 1) with arctan surrogate (Eq. 2): currents [T, B, ...] -> spikes [T, B, ...].
+
+    tau may be any non-zero float. For tau < 1 the leak factor (1 - 1/tau) is negative
+    (tau = 0.75 gives -1/3, Fig. 4b): the membrane potential flips sign each step instead of
+    decaying. For tau = 1 the neuron has no memory. No state survives a forward call.
+    `fast=True` uses the compiled scan when available (identical spikes, gradients to float
+    rounding); `fast=False` always runs the plain step loop.
+    """
+
+    def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, detach_reset: bool = True, fast: bool = True):
+        super().__init__()
+        tau = float(tau)
+        if tau == 0 or not math.isfinite(tau):
+            raise ConfigError(f"LIF time constant tau must be a finite non-zero number, got {tau}: Eq. 1 divides by tau.")
+        if not math.isfinite(float(v_threshold)):
+            raise ConfigError(f"LIF v_threshold must be finite, got {v_threshold}.")
+        self.tau = tau
+        self.v_threshold = float(v_threshold)
+        self.detach_reset = bool(detach_reset)
+        self.fast = bool(fast)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2:
+            raise ValueError(f"LIF expects input [T, B, ...], got shape {tuple(x.shape)}")
+        dtype = x.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            x = x.float()  # integrate the membrane in float32; bf16 would lose sub-threshold increments
+        if self.fast and _FAST and not torch.compiler.is_compiling():
+            s = _fast_scan(x, self.tau, self.v_threshold, self.detach_reset)
+        else:
+            s = lif_scan(x, self.tau, self.v_threshold, self.detach_reset)
+        return s.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, v_threshold={self.v_threshold}, detach_reset={self.detach_reset}, fast={self.fast}"

@@ -1,0 +1,205 @@
+"""Run directories: config.json, metrics.jsonl, checkpoints/, figures/ — written atomically, read safely.
+
+Nothing read from a run directory executes code: configs and metrics are JSON and checkpoints
+are loaded with `torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spiketide.errors import CheckpointError
+
+__all__ = [
+    "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "save_checkpoint", "load_checkpoint",
+    "RunDir", "resolve_checkpoint", "git_commit",
+]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(o: Any):
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _clean(o: Any):
+    """Replace NaN/inf by None so the files stay strict JSON."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def dumps(obj: Any, **kw) -> str:
+    return json.dumps(_clean(json.loads(json.dumps(obj, default=_json_default))), allow_nan=False, **kw)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, dumps(obj, indent=2) + "\n")
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    """torch.save into a temp file, then rename, so a kill never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint without executing code from it (weights_only=True); clear error if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a .pt file written by `spiketide train` or a run directory")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}. "
+            "The file is corrupt, truncated or not a spiketide checkpoint; re-run training or pick another checkpoint."
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CheckpointError(f"{path} is not a spiketide checkpoint (expected a dict with 'model' and 'config')")
+    return state
+
+
+_EPOCH_RE = re.compile(r"epoch_(\d+)\.pt$")
+
+
+class RunDir:
+    """One experiment's folder: config.json, metrics.jsonl, checkpoints/, figures/."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    def checkpoint_path(self, epoch: int | None = None) -> Path:
+        return self.checkpoints / ("last.pt" if epoch is None else f"epoch_{epoch:04d}.pt")
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def create(self, config: dict) -> "RunDir":
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.checkpoints.mkdir(exist_ok=True)
+        self.figures.mkdir(exist_ok=True)
+        atomic_write_json(self.config_path, config)
+        if not self.metrics_path.exists():
+            atomic_write_text(self.metrics_path, "")
+        return self
+
+    def read_config(self) -> dict:
+        if not self.config_path.is_file():
+            raise CheckpointError(f"{self.path} is not a run directory (no config.json); pass the folder `spiketide train --out` wrote")
+        try:
+            return json.loads(self.config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{self.config_path} is not valid JSON ({exc}); restore it or start a new run") from None
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        records = []
+        for i, line in enumerate(self.metrics_path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise CheckpointError(f"{self.metrics_path} line {i} is not valid JSON; the file was edited or damaged") from None
+        return records
+
+    def write_metrics(self, records: list[dict]) -> None:
+        atomic_write_text(self.metrics_path, "".join(dumps(r) + "\n" for r in records))
+
+    def append_metrics(self, record: dict) -> None:
+        # Rewrite the whole (small) file atomically: a kill never leaves half a line.
+        self.write_metrics(self.read_metrics() + [record])
+
+    def saved_epochs(self) -> list[int]:
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.checkpoints.iterdir() if (m := _EPOCH_RE.search(p.name)))
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A .pt file as given, or a run directory's final checkpoint (checkpoints/last.pt)."""
+    p = Path(path)
+    if p.is_dir():
+        last = RunDir(p).checkpoint_path()
+        if not last.is_file():
+            raise CheckpointError(f"{p} has no checkpoints/last.pt; is it a finished spiketide run directory?")
+        return last
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist; pass a checkpoint .pt file or a run directory")
+    return p
+
+
+def git_commit() -> str | None:
+    """The git commit of the installed source tree, if it is a checkout (recorded in config.json)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,466 @@
+"""The one training loop: STBP/BPTT (Eq. 2) over all timesteps, extended by losses and callbacks.
+
+`TrainConfig` holds every option (validated once); `Trainer.fit()` runs the epochs, writes
+`metrics.jsonl` and checkpoints into a run directory, and calls `Callback`s (Fisher tracking,
+pruning rounds, ...) at fixed points. Data-parallel with `torchrun` (DDP): every rank holds the
+whole split in memory, draws the same global batch and trains on its slice; rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spiketide import __version__, data, models
+from spiketide.errors import CheckpointError, ConfigError, TrainingDiverged
+from spiketide.losses import check_logits, horizon_losses, make_loss
+from spiketide.runs import RunDir, git_commit, load_checkpoint, save_checkpoint
+
+__all__ = ["TrainConfig", "Callback", "Trainer", "train", "build_model", "select_device", "evaluate_accuracy",
+           "load_model"]
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run; stored in config.json and in every checkpoint."""
+
+    model: str = "resnet19"
+    dataset: str = "cifar10"
+    data_root: str | None = None
+    subset: int | None = None  # class-balanced training subset
+    test_subset: int | None = None
+    augment: bool = True
+    timesteps: int = 10
+    tau: float = 2.0
+    epochs: int = 300
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    optimizer: str = "sgd"
+    lr: float = 0.3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    loss: str = "ce"
+    alpha: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast, used on CUDA only
+    fast_lif: bool = True
+    checkpoint_epochs: list[int] = field(default_factory=list)
+    fisher_every: int = 0  # 0 = no Fisher tracking
+    fisher_samples: int = 128
+    fisher_estimator: str = "empirical"
+    fisher_per_layer: bool = False
+    fisher_batch_size: int = 64
+    out: str = "runs/run"
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        def bad(msg: str):
+            raise ConfigError(msg)
+
+        if self.model not in models.available():
+            bad(f"unknown model {self.model!r}; available: {', '.join(models.available())}")
+        data.dataset_info(self.dataset)  # raises ConfigError for unknown names
+        if self.timesteps < 1:
+            bad(f"timesteps T must be >= 1, got {self.timesteps}")
+        if self.tau == 0 or not math.isfinite(self.tau):
+            bad(f"tau must be a finite non-zero number, got {self.tau} (Eq. 1 divides by tau)")
+        if self.epochs < 1:
+            bad(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            bad("batch sizes must be >= 1")
+        if not (self.lr > 0):
+            bad(f"learning rate must be > 0, got {self.lr}")
+        if self.optimizer not in ("sgd", "adam"):
+            bad(f"unknown optimizer {self.optimizer!r}; choose sgd or adam")
+        if self.schedule not in ("cosine", "constant"):
+            bad(f"unknown schedule {self.schedule!r}; choose cosine or constant")
+        for name in ("subset", "test_subset"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                bad(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        make_loss(self.loss, self.alpha)
+        beyond = [e for e in self.checkpoint_epochs if e < 0 or e > self.epochs]
+        if beyond:
+            bad(f"checkpoint epochs {beyond} are outside the run (0..{self.epochs}); pick epochs in that range")
+        if self.fisher_every < 0 or self.fisher_samples < 1:
+            bad("--fisher-every must be >= 0 and --fisher-samples >= 1")
+        if self.fisher_estimator not in ("empirical", "true", "batch"):
+            bad(f"unknown Fisher estimator {self.fisher_estimator!r}; choose empirical, true or batch")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class Callback:
+    """Hooks into the training loop. `record` is the epoch's metrics line; add keys to it before it is written."""
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        pass
+
+    def on_epoch_end(self, trainer: "Trainer", record: dict) -> None:
+        pass
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return dev
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    info = data.dataset_info(config.dataset)
+    return models.create(config.model, num_classes=info.num_classes, timesteps=config.timesteps, tau=config.tau,
+                         in_channels=info.channels, image_size=info.image_size, mean=info.mean, std=info.std)
+
+
+def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict]:
+    """Rebuild a model from a checkpoint (config inside it), weights loaded; returns (model, config, state)."""
+    state = load_checkpoint(checkpoint, map_location=device)
+    config = TrainConfig.from_dict(state["config"])
+    model = build_model(config)
+    sd = state["model"]
+    if any(k.endswith("_orig") for k in sd):  # a pruned model: re-create the masks before loading
+        from spiketide.pruning import apply_masks_from_state
+
+        apply_masks_from_state(model, sd)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{checkpoint}: weights do not fit model {config.model!r}: {str(exc)[:300]}") from None
+    timesteps = state.get("timesteps")
+    if timesteps:
+        model.timesteps = int(timesteps)
+    return model.to(device), config, state
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256,
+                      amp: bool = False) -> float:
+    """Top-1 accuracy of the timestep-averaged output, in eval mode (mode restored)."""
+    was = model.training
+    model.eval()
+    correct = 0
+    device = images.device
+    try:
+        for i in range(0, len(images), batch_size):
+            x = data.to_float(images[i:i + batch_size])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                out = model(x)
+            correct += (out.float().mean(0).argmax(1) == labels[i:i + batch_size]).sum().item()
+    finally:
+        model.train(was)
+    return correct / max(1, len(images))
+
+
+# --- data parallel ---------------------------------------------------------------------------
+
+class _GlobalBatchNorm:
+    """BatchNorm whose training statistics are those of the global batch across DDP ranks.
+
+    nn.SyncBatchNorm is GPU-only; this all-reduces (sum, sum of squares, count) with autograd on
+    any backend, so 2 CPU processes train exactly like one process on the same global batch.
+    """
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0] + list(range(2, x.dim()))
+        c = x.shape[1]
+        n = x.new_tensor([x.numel() / c])
+        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), n]))
+        total = stats[-1]
+        mean = stats[:c] / total
+        var = stats[c:2 * c] / total - mean * mean
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            self.running_var.mul_(1 - m).add_(var.detach() * total / (total - 1), alpha=m)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+class _GlobalBatchNorm1d(_GlobalBatchNorm, nn.BatchNorm1d):
+    pass
+
+
+class _GlobalBatchNorm2d(_GlobalBatchNorm, nn.BatchNorm2d):
+    pass
+
+
+def _use_global_batchnorm(model: nn.Module) -> None:
+    for m in model.modules():
+        # Swapping the class keeps parameters, buffers and state_dict keys unchanged.
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = _GlobalBatchNorm2d
+        elif type(m) is nn.BatchNorm1d:
+            m.__class__ = _GlobalBatchNorm1d
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    return world, rank
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+class Trainer:
+    """Trains one model under one config; callbacks extend it (Fisher tracking, pruning rounds)."""
+
+    def __init__(self, config: TrainConfig, *, callbacks: list[Callback] | tuple = (), model: nn.Module | None = None,
+                 train_set: data.ImageSet | None = None, test_set: data.ImageSet | None = None,
+                 run_dir: RunDir | None = None, resume: bool = False, extra_config: dict | None = None):
+        self.config = config.validate()
+        self.callbacks = list(callbacks)
+        self.world, self.rank = _distributed()
+        self.is_main = self.rank == 0
+        self.device = select_device(config.device)
+        from spiketide import neuron
+
+        neuron.set_fast_path(config.fast_lif and neuron.fast_path_enabled())
+        self.amp = bool(config.amp and self.device.type == "cuda")
+        self.run = run_dir or RunDir(config.out)
+        self.resume = resume
+        self.extra_config = extra_config or {}
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            torch.distributed.init_process_group(backend)
+        torch.manual_seed(config.seed)
+        self.train_set = train_set or data.load(config.dataset, "train", root=config.data_root, subset=config.subset,
+                                                seed=config.seed, device=self.device)
+        self.test_set = test_set or data.load(config.dataset, "test", root=config.data_root,
+                                              subset=config.test_subset, seed=config.seed, device=self.device)
+        self.train_set = self.train_set.to(self.device)
+        self.test_set = self.test_set.to(self.device)
+        self.model = (model if model is not None else build_model(config)).to(self.device)
+        self.loss_fn = make_loss(config.loss, config.alpha)
+        self.optimizer = self._make_optimizer()
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
+                          if config.schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: 1.0))
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed + 1)
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.net = self.model
+        if self.world > 1:
+            _use_global_batchnorm(self.model)
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if c.optimizer == "adam":
+            return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    # -- checkpoints --
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "timesteps": int(getattr(self.model, "timesteps", self.config.timesteps)),
+            "config": self.config.to_dict(),
+            "rng": {"torch": torch.get_rng_state(), "data": self.generator.get_state(),
+                    **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})},
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "version": __version__,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["data"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        for cb, s in zip(self.callbacks, state.get("callbacks", [])):
+            cb.load_state_dict(s)
+
+    def save(self) -> None:
+        if not self.is_main:
+            return
+        state = self.state_dict()
+        if self.epoch in self.config.checkpoint_epochs or self.epoch == self.config.epochs:
+            save_checkpoint(state, self.run.checkpoint_path(self.epoch))
+        save_checkpoint(state, self.run.checkpoint_path())
+
+    # -- run --
+    def _config_record(self) -> dict:
+        return {**self.config.to_dict(), **self.extra_config, "spiketide_version": __version__,
+                "git_commit": git_commit(), "torch_version": torch.__version__, "python": sys.version.split()[0],
+                "platform": platform.platform(), "device_resolved": str(self.device), "world_size": self.world,
+                "train_size": len(self.train_set) , "test_size": len(self.test_set)}
+
+    def _start(self) -> None:
+        if self.resume:
+            last = self.run.checkpoint_path()
+            if not last.is_file():
+                raise CheckpointError(f"--resume: {last} not found; nothing to resume in {self.run.path}")
+            self.load_state_dict(load_checkpoint(last, map_location=self.device))
+            # Lines written after the checkpoint (a kill between the two writes) are redone.
+            self.history = [r for r in self.run.read_metrics() if r["epoch"] <= self.epoch]
+            if self.is_main:
+                self.run.write_metrics(self.history)
+            return
+        if self.run.exists() and self.run.read_metrics():
+            raise ConfigError(f"{self.run.path} already holds a run; pass --resume to continue it or pick another --out")
+        if self.is_main:
+            self.run.create(self._config_record())
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        record = {"epoch": 0, "train_loss": None, "train_acc": None, "test_acc": self.evaluate(),
+                  "lr": self.optimizer.param_groups[0]["lr"], "seconds": 0.0, "images_per_second": None}
+        self._finish_epoch(record)
+
+    def _finish_epoch(self, record: dict) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, record)
+        self.history.append(record)
+        if self.is_main:
+            self.run.append_metrics(record)
+        self.save()
+
+    def evaluate(self) -> float:
+        return evaluate_accuracy(self.model, self.test_set.images, self.test_set.labels,
+                                 self.config.eval_batch_size, self.amp)
+
+    def fit(self) -> list[dict]:
+        self._start()
+        from tqdm.auto import tqdm
+
+        steps_per_epoch = math.ceil(len(self.train_set) / self.config.batch_size)
+        remaining = self.config.epochs - self.epoch
+        bar = tqdm(total=remaining * steps_per_epoch, disable=None if (self.config.progress and self.is_main) else True,
+                   unit="step", dynamic_ncols=True, file=sys.stderr)
+        try:
+            while self.epoch < self.config.epochs:
+                self.epoch += 1
+                record = self._train_epoch(bar)
+                record["test_acc"] = self.evaluate()
+                self.scheduler.step()
+                self._finish_epoch(record)
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_acc']:.3f}",
+                                test=f"{record['test_acc']:.3f}")
+        finally:
+            bar.close()
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+        return self.history
+
+    def _train_epoch(self, bar) -> dict:
+        c = self.config
+        self.model.train()
+        T = int(getattr(self.model, "timesteps", c.timesteps))
+        lr = self.optimizer.param_groups[0]["lr"]
+        totals = torch.zeros(3 + 2 * T, dtype=torch.float64)  # loss*n, correct, n, horizon losses*n, below-alpha steps
+        steps = 0
+        start = time.perf_counter()
+        bar.set_description(f"epoch {self.epoch}/{c.epochs}")
+        for xb, yb in data.batches(self.train_set.images, self.train_set.labels, c.batch_size, shuffle=True,
+                                   generator=self.generator):
+            x = data.augment(xb, c.dataset, generator=self.generator) if c.augment else data.to_float(xb)
+            if self.world > 1:  # every rank drew the same global batch; train on this rank's slice
+                x, yb = x[self.rank::self.world], yb[self.rank::self.world]
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = self.net(x)
+            check_logits(out, len(x))
+            loss = self.loss_fn(out, yb)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the training loss became {loss.item()} at epoch {self.epoch}, step {steps + 1}. "
+                    f"The last good checkpoint is {self.run.checkpoint_path()} (epoch {self.epoch - 1}). "
+                    "Lower --lr (the paper uses 0.3 with BN), or try --optimizer adam."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                n = len(yb)
+                hl = horizon_losses(out.detach(), yb).double().cpu()
+                totals[0] += loss.item() * n
+                totals[1] += (out.float().mean(0).argmax(1) == yb).sum().item()
+                totals[2] += n
+                totals[3:3 + T] += hl * n
+                if self.loss_fn.alpha is not None:
+                    totals[3 + T:] += (hl < self.loss_fn.alpha).double()
+            steps += 1
+            bar.update(1)
+        if self.world > 1:
+            totals = totals.to(self.device)
+            torch.distributed.all_reduce(totals)
+            totals = totals.cpu()
+        seconds = time.perf_counter() - start
+        n = totals[2].item()
+        record: dict[str, Any] = {
+            "epoch": self.epoch,
+            "train_loss": totals[0].item() / n,
+            "train_acc": totals[1].item() / n,
+            "test_acc": None,
+            "lr": lr,
+            "seconds": seconds,
+            "images_per_second": n / seconds,
+            "horizon_loss": (totals[3:3 + T] / n).tolist(),
+        }
+        if self.loss_fn.alpha is not None:
+            record["alpha"] = self.loss_fn.alpha
+            record["below_alpha_fraction"] = (totals[3 + T:] / (steps * self.world)).tolist()
+        return record
+
+
+def train(config: TrainConfig, *, callbacks: list[Callback] | tuple = (), resume: bool = False, **kw) -> Trainer:
+    """Build a Trainer (adding Fisher tracking when config.fisher_every > 0), fit it and return it."""
+    callbacks = list(callbacks)
+    if config.fisher_every > 0:
+        from spiketide.fisher import FisherTracker
+
+        callbacks.insert(0, FisherTracker.from_config(config))
+    trainer = Trainer(config, callbacks=callbacks, resume=resume, **kw)
+    trainer.fit()
+    return trainer

@@ -1,0 +1,150 @@
+"""Built-in SNN architectures: shapes, gradients, statelessness, parameter counts, block names, registry errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import spiketide.models as models
+from spiketide import neuron
+from spiketide.errors import ConfigError
+
+T, B = 2, 2
+NAMES = models.available()
+# (in_channels, image_size): Fashion-MNIST and CIFAR/SVHN geometry
+GEOMETRIES = [(1, 28), (3, 32)]
+
+# Documented parameter counts at 10 classes (see each model's docstring).
+PARAM_COUNTS = {
+    ("resnet19", 3): 26_108_042,  # the paper's ResNet-19 (authors' public layout)
+    ("resnet19", 1): 26_105_738,
+    ("resnet34", 3): 21_282_122,
+    ("resnet34", 1): 21_280_970,
+    ("vgg16", 3): 14_724_042,
+    ("vgg16", 1): 14_722_890,
+    ("alexnet", 3): 5_434_602,
+    ("alexnet", 1): 5_432_874,
+    ("convnet", 1): 56_554,
+    ("convnet", 3): 57_130,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _plain_lif_loop():
+    """Run the LIF step loop, not the compiled scan: compiling dozens of shapes would dominate the runtime."""
+    old = neuron.fast_path_enabled()
+    neuron.set_fast_path(False)
+    yield
+    neuron.set_fast_path(old)
+
+
+def _build(name: str, in_channels: int = 3, image_size: int = 32, **kw):
+    torch.manual_seed(0)
+    return models.create(name, num_classes=10, timesteps=T, tau=2.0, in_channels=in_channels,
+                         image_size=image_size, **kw)
+
+
+def _images(*shape: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(*shape, generator=g)
+
+
+def test_expected_models_registered():
+    assert {"convnet", "resnet19", "resnet34", "vgg16", "alexnet"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("in_channels,image_size", GEOMETRIES)
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shape_static_and_per_timestep(name, in_channels, image_size):
+    model = _build(name, in_channels, image_size).eval()
+    with torch.no_grad():
+        y_static = model(_images(B, in_channels, image_size, image_size))
+        y_seq = model(_images(T, B, in_channels, image_size, image_size))
+    assert y_static.shape == (T, B, 10)
+    assert y_seq.shape == (T, B, 10)
+    assert torch.isfinite(y_static).all() and torch.isfinite(y_seq).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_parameter_gets_a_nonzero_gradient(name):
+    # Train-mode BN normalises every pre-activation, so a fair share of neurons crosses threshold. A batch of
+    # 8 (16 samples for BatchNorm1d after folding T) lets normalised FC currents reach the threshold at all:
+    # with only 4 samples a standardised value never exceeds 1.5, short of the 2 a tau=2 neuron needs at t=1.
+    model = _build(name).train()
+    x = _images(8, 3, 32, 32)
+    y = model(x)
+    loss = F.cross_entropy(y.mean(0), torch.arange(8) % 10)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert not missing, f"{name}: parameters without gradient: {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stateless_between_calls(name):
+    model = _build(name).eval()
+    x = _images(B, 3, 32, 32)
+    with torch.no_grad():
+        a = model(x)
+        b = model(x)
+        # a different input in between must not leak into the next call either
+        model(_images(B, 3, 32, 32, seed=5))
+        c = model(x)
+    assert torch.equal(a, b)
+    assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name,in_channels", sorted(PARAM_COUNTS))
+def test_parameter_count(name, in_channels):
+    if name not in NAMES:
+        pytest.skip(f"{name} not registered")
+    model = models.create(name, num_classes=10, timesteps=T, in_channels=in_channels,
+                          image_size=32 if in_channels == 3 else 28)
+    assert sum(p.numel() for p in model.parameters()) == PARAM_COUNTS[(name, in_channels)]
+
+
+def test_resnet19_matches_paper_count():
+    model = models.create("resnet19", num_classes=10, timesteps=T)
+    assert sum(p.numel() for p in model.parameters()) == 26_108_042
+
+
+def test_every_registered_model_has_a_documented_count():
+    assert {n for n, _ in PARAM_COUNTS} >= set(NAMES)
+
+
+def _owners(param_name: str, prefixes) -> list[str]:
+    return [p for p in prefixes if param_name == p or param_name.startswith(p + ".")]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_block_names_partition_parameters(name):
+    model = _build(name)
+    prefixes = tuple(type(model).block_names)
+    assert prefixes, f"{name} defines no block_names"
+    assert len(set(prefixes)) == len(prefixes)
+    used = set()
+    for pname, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        owners = _owners(pname, prefixes)
+        assert len(owners) == 1, f"{name}: parameter {pname} belongs to {owners} (must be exactly one block)"
+        used.add(owners[0])
+    assert used == set(prefixes), f"{name}: blocks without parameters: {set(prefixes) - used}"
+
+
+def test_resnet19_block_names():
+    assert models.create("resnet19", num_classes=10, timesteps=T).block_names == (
+        "stem", "layer1.0", "layer1.1", "layer1.2", "layer2.0", "layer2.1", "layer2.2", "layer3.0", "layer3.1", "fc",
+    )
+
+
+def test_create_errors():
+    with pytest.raises(ConfigError):
+        models.create("no-such-net", num_classes=10, timesteps=T)
+    with pytest.raises(ConfigError):
+        models.create("resnet19", num_classes=10, timesteps=0)
+    with pytest.raises(ConfigError):
+        models.create("resnet19", num_classes=10, timesteps=T, tau=0)
+    with pytest.raises(ConfigError):
+        models.create("vgg16", num_classes=10, timesteps=T, tau=0.0)
