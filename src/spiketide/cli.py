@@ -6,7 +6,6 @@ Every error a user can cause ends in one line on stderr ("spiketide: error: ..."
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -168,6 +167,261 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _fraction(s: str) -> float:
+    """A number, also written as a fraction like 8/255."""
+    try:
+        if "/" in s:
+            num, den = s.split("/", 1)
+            return float(num) / float(den)
+        return float(s)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.03 or 8/255, got {s!r}") from None
+
+
+def _checkpoints_of(path: str) -> tuple[list[Path], Path]:
+    """Checkpoints named by a path (a .pt file, or every saved epoch of a run directory) and where results go."""
+    from spiketide.errors import CheckpointError
+    from spiketide.runs import RunDir, resolve_checkpoint
+
+    p = Path(path)
+    if p.is_dir():
+        run = RunDir(p)
+        run.read_config()
+        ckpts = [run.checkpoint_path(e) for e in run.saved_epochs()]
+        if not ckpts:
+            last = resolve_checkpoint(p)
+            ckpts = [last]
+        return ckpts, p
+    ckpt = resolve_checkpoint(p)
+    if ckpt.suffix != ".pt":
+        raise CheckpointError(f"{ckpt} is not a .pt checkpoint; pass a checkpoint file or a run directory")
+    out = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return [ckpt], out
+
+
+def _eval_data(config, split: str, samples: int | None, seed: int, data_root: str | None, device):
+    from spiketide import data
+
+    return data.load(config.dataset, split, root=data_root or config.data_root, subset=samples, seed=seed, device=device)
+
+
+def _write_json(path: Path, obj) -> None:
+    from spiketide.runs import atomic_write_json
+
+    atomic_write_json(path, obj)
+    print(f"wrote {path}")
+
+
+def cmd_fisher(args) -> int:
+    from spiketide import data, plots
+    from spiketide.fisher import temporal_fisher
+    from spiketide.train import load_model, select_device
+
+    device = select_device(args.device)
+    ckpts, out_dir = _checkpoints_of(args.path)
+    results = []
+    for ckpt in ckpts:
+        model, config, state = load_model(ckpt, device)
+        ds = _eval_data(config, args.split, args.samples, args.seed, args.data_root, device)
+        prof = temporal_fisher(model, data.to_float(ds.images), ds.labels, estimator=args.estimator,
+                               per_layer=args.per_layer, batch_size=args.batch_size, seed=args.seed,
+                               progress=args.progress)
+        results.append({"checkpoint": str(ckpt), "epoch": state.get("epoch"), "fisher": prof.to_dict()})
+        trace = ", ".join(f"{v:.4g}" for v in prof.trace.tolist())
+        print(f"{ckpt.name} (epoch {state.get('epoch')}): I_t = [{trace}], centroid {prof.centroid:.3f}")
+    out = Path(args.out) if args.out else out_dir / "fisher.json"
+    _write_json(out, {"split": args.split, "samples": args.samples, "estimator": args.estimator, "results": results})
+    records = [{"epoch": r["epoch"] if r["epoch"] is not None else i, "fisher": r["fisher"]} for i, r in enumerate(results)]
+    figs = plots.save(plots.plot_fig1(records), out.with_name(out.stem + "_fig1"))
+    if args.per_layer:
+        figs += plots.save(plots.plot_fig3(records), out.with_name(out.stem + "_fig3"))
+    print("figures: " + ", ".join(str(f) for f in figs))
+    return 0
+
+
+def cmd_deficits(args) -> int:
+    from spiketide import plots, robustness
+    from spiketide.train import load_model, select_device
+
+    device = select_device(args.device)
+    ckpts, out_dir = _checkpoints_of(args.path)
+    entries = []
+    for ckpt in ckpts:
+        model, config, state = load_model(ckpt, device)
+        ds = _eval_data(config, "test", args.samples, args.seed, args.data_root, device)
+        r = robustness.time_window_deficits(model, ds.images, ds.labels, window=args.window, noise_ratio=args.noise_ratio,
+                                            batch_size=args.batch_size, seed=args.seed, progress=args.progress)
+        r.update(checkpoint=str(ckpt), epoch=state.get("epoch"))
+        entries.append(r)
+        rel = ", ".join(f"{100 * v:+.1f}" for v in r["relative_accuracy"])
+        print(f"{ckpt.name} (epoch {state.get('epoch')}): clean {100 * r['clean']:.1f}%, relative accuracy by window start [{rel}] points")
+    result = {"window": args.window, "noise_ratio": args.noise_ratio, "checkpoints": entries}
+    out = Path(args.out) if args.out else out_dir / "deficits.json"
+    _write_json(out, result)
+    figs = plots.save(plots.plot_deficits(result), (out_dir / "figures" if out_dir.joinpath("figures").is_dir() else out.parent) / "fig2_deficits")
+    print("figures: " + ", ".join(str(f) for f in figs))
+    return 0
+
+
+def cmd_robustness(args) -> int:
+    from spiketide import robustness
+    from spiketide.runs import atomic_write_text
+    from spiketide.train import load_model, select_device
+
+    device = select_device(args.device)
+    ckpts, out_dir = _checkpoints_of(args.checkpoint)
+    ckpt = ckpts[-1] if Path(args.checkpoint).is_dir() else ckpts[0]
+    model, config, state = load_model(ckpt, device)
+    ds = _eval_data(config, "test", args.samples, args.seed, args.data_root, device)
+    print(f"{ckpt}: {len(ds)} test images; PGD eps {args.eps:.4g}, step {args.pgd_step:.4g}, {args.pgd_iters} iterations, "
+          f"random start {'on' if args.random_start else 'off'}")
+    result = robustness.evaluate(model, ds.images, ds.labels, batch_size=args.batch_size, eps=args.eps,
+                                 pgd_step=args.pgd_step, pgd_iters=args.pgd_iters, random_start=args.random_start,
+                                 noise_ratio=args.noise_ratio, seed=args.seed, progress=args.progress)
+    result["checkpoint"] = str(ckpt)
+    if args.eps_sweep:
+        sweep = robustness.eps_sweep(model, ds.images, ds.labels, batch_size=args.batch_size, seed=args.seed,
+                                     random_start=args.random_start, progress=args.progress)
+        result["eps_sweep"] = [{"eps": e, "accuracy": a} for e, a in sweep]
+        print("eps sweep (PGD): " + ", ".join(f"{255 * e:.0f}/255: {100 * a:.1f}%" for e, a in sweep))
+        warning = robustness.check_gradient_masking(sweep)
+        if warning:
+            result.setdefault("warnings", []).append(warning)
+    if args.window_k:
+        result["windowed"] = robustness.windowed_attack_report(
+            model, ds.images, ds.labels, args.window_k, eps=args.eps, pgd_step=args.pgd_step, pgd_iters=args.pgd_iters,
+            random_start=args.random_start, batch_size=args.batch_size, seed=args.seed, progress=args.progress)
+        w = result["windowed"]
+        print(f"PGD on timesteps 1..{w['k']} only: {100 * w['first_k']:.1f}%; on the last {w['k']} only: "
+              f"{100 * w['last_k']:.1f}%; all timesteps: {100 * w['all']:.1f}%")
+    md = robustness.to_markdown(result, name=args.name or config.model)
+    print(md)
+    for w in result.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
+    out = Path(args.out) if args.out else out_dir / "robustness.json"
+    _write_json(out, result)
+    atomic_write_text(out.with_suffix(".md"), md + "\n")
+    return 0
+
+
+def cmd_early_exit(args) -> int:
+    from spiketide import early_exit
+    from spiketide.fisher import temporal_fisher
+    from spiketide import data
+    from spiketide.train import load_model, select_device
+
+    device = select_device(args.device)
+    ckpts, out_dir = _checkpoints_of(args.checkpoint)
+    ckpt = ckpts[-1]
+    model, config, state = load_model(ckpt, device)
+    ds = _eval_data(config, "test", args.samples, args.seed, args.data_root, device)
+    curve = early_exit.exit_curve(model, ds.images, ds.labels, thresholds=args.thresholds, batch_size=args.batch_size)
+    train = _eval_data(config, "train", args.fisher_samples, args.seed, args.data_root, device)
+    prof = temporal_fisher(model, data.to_float(train.images), train.labels, batch_size=64, seed=args.seed)
+    curve["fisher"] = prof.to_dict()
+    curve["checkpoint"] = str(ckpt)
+    print(early_exit.summarize(curve, prof.trace))
+    out = Path(args.out) if args.out else out_dir / "early_exit.json"
+    _write_json(out, curve)
+    fig_dir = out_dir / "figures" if (out_dir / "figures").is_dir() else out.parent
+    figs = early_exit.plot_exit_curve(curve, fig_dir / "early_exit")
+    print("figures: " + ", ".join(str(f) for f in figs))
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from spiketide import pruning
+
+    t = args.t_retrain
+    t_retrain = None if t is None else ("auto" if t.strip() == "auto" else tuple(_int_list(t)))
+    result = pruning.iterative_prune(args.run_dir, rounds=args.rounds, rate=args.rate, retrain_epochs=args.retrain_epochs,
+                                     t_retrain=t_retrain, q=args.q, rewind_epoch=args.rewind_epoch, lr=args.lr,
+                                     fisher_samples=args.fisher_samples, out=args.out, device=args.device,
+                                     progress=args.progress, overwrite=args.overwrite)
+    print(pruning.to_markdown(result))
+    files = result.get("files", {})
+    for f in [files.get("json"), files.get("markdown"), *files.get("figure", [])]:
+        if f:
+            print(f"wrote {f}")
+    return 0
+
+
+def _add_eval_options(p: argparse.ArgumentParser, samples_default: int | None, samples_help: str) -> None:
+    p.add_argument("--samples", type=_positive_int, default=samples_default, help=samples_help)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-root", default=None, help="dataset folder (default: as at training time)")
+    p.add_argument("--out", default=None, help="JSON file to write (default: next to the run)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def add_analysis_commands(sub) -> None:
+    p = sub.add_parser("fisher", help="temporal Fisher information (Eq. 3-7) of saved checkpoints",
+                       description="Measure I_1..I_T (Eq. 6) and the information centroid (Eq. 7) of a checkpoint, or of "
+                       "every saved checkpoint of a run directory; writes fisher.json and figures.")
+    p.add_argument("path", help="a checkpoint .pt or a run directory")
+    p.add_argument("--estimator", choices=("empirical", "true", "batch"), default="empirical")
+    p.add_argument("--per-layer", action="store_true", help="also per block (Fig. 3)")
+    p.add_argument("--split", choices=("train", "test"), default="train")
+    _add_eval_options(p, 128, "class-balanced images measured (default %(default)s)")
+    p.set_defaults(func=cmd_fisher, batch_size=64)
+
+    p = sub.add_parser("deficits", help="time-window noise deficits of saved checkpoints (Fig. 2)",
+                       description="Test accuracy with Gaussian noise (l2 = 50%% of the image's) only in timesteps "
+                       "[t, t+w-1], for every t, relative to the last window; for each saved checkpoint.")
+    p.add_argument("path", help="a run directory (all saved checkpoints) or one checkpoint")
+    p.add_argument("--window", type=_positive_int, default=3, help="window length w (default %(default)s)")
+    p.add_argument("--noise-ratio", type=float, default=0.5)
+    _add_eval_options(p, 1000, "class-balanced test images (default %(default)s)")
+    p.set_defaults(func=cmd_deficits)
+
+    p = sub.add_parser("robustness", help="Table 1: clean, Gaussian noise, blur, FGSM and PGD accuracy",
+                       description="Evaluate a checkpoint under Gaussian noise (l2 = 50%%), blur (down/up x2, bilinear), "
+                       "FGSM (eps 8/255) and PGD (eps 8/255, step 4/255, 10 iterations, random start) in pixel space.")
+    p.add_argument("checkpoint", help="a checkpoint .pt or a run directory (its last checkpoint)")
+    p.add_argument("--eps", type=_fraction, default=8 / 255, help="l-inf budget (default 8/255)")
+    p.add_argument("--pgd-step", type=_fraction, default=4 / 255, help="PGD step (default 4/255)")
+    p.add_argument("--pgd-iters", type=_positive_int, default=10)
+    p.add_argument("--no-random-start", dest="random_start", action="store_false", help="PGD without random start")
+    p.add_argument("--noise-ratio", type=float, default=0.5)
+    p.add_argument("--eps-sweep", action="store_true", help="also PGD accuracy over growing eps (gradient-masking check)")
+    p.add_argument("--window-k", type=_positive_int, default=None,
+                   help="also attack only timesteps 1..k vs only the last k (beyond the paper)")
+    p.add_argument("--name", default=None, help="row name in the Markdown table")
+    _add_eval_options(p, None, "class-balanced test images (default: the whole test split)")
+    p.set_defaults(func=cmd_robustness)
+
+    p = sub.add_parser("early-exit", help="confidence-based early exit: accuracy vs timesteps used",
+                       description="Each test image exits at the first timestep whose horizon output (Eq. 4) is more "
+                       "confident than a threshold; accuracy vs mean timesteps, beside fixed-T accuracy and the Fisher profile.")
+    p.add_argument("checkpoint")
+    p.add_argument("--thresholds", type=_float_list, default=None, help="comma-separated confidence thresholds")
+    p.add_argument("--fisher-samples", type=_positive_int, default=128)
+    _add_eval_options(p, None, "class-balanced test images (default: the whole test split)")
+    p.set_defaults(func=cmd_early_exit)
+
+    p = sub.add_parser("prune", help="iterative magnitude pruning that retrains with fewer timesteps (Fig. 6-7)",
+                       description="Start from a trained run (T timesteps); R rounds of pruning p of the remaining conv/linear "
+                       "weights and retraining with T_retrain timesteps; accuracy vs sparsity per T_retrain and the compute saving.")
+    p.add_argument("run_dir")
+    p.add_argument("--rounds", type=_positive_int, default=5)
+    p.add_argument("--rate", type=float, default=0.5, help="fraction of the remaining weights pruned each round")
+    p.add_argument("--retrain-epochs", type=_positive_int, default=None, help="N_retrain (default: training epochs / 5)")
+    p.add_argument("--t-retrain", default=None,
+                   help="comma-separated T_retrain values (default: 2..T), or 'auto': the smallest t whose cumulative "
+                   "Fisher information reaches --q of the total")
+    p.add_argument("--q", type=float, default=0.95, help="with --t-retrain auto: cumulative Fisher fraction to keep")
+    p.add_argument("--rewind-epoch", type=_nonneg_int, default=None, help="rewind surviving weights to this saved epoch")
+    p.add_argument("--lr", type=float, default=None, help="retraining learning rate (default: the run's lr x 0.1)")
+    p.add_argument("--fisher-samples", type=_positive_int, default=128, help="with --t-retrain auto: training images for Fisher")
+    p.add_argument("--out", default=None, help="results folder (default RUN_DIR/pruning)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier pruning results in the results folder")
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_prune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from spiketide.train import TrainConfig
 
@@ -197,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_plot)
 
+    add_analysis_commands(sub)
     return parser
 
 

@@ -115,7 +115,8 @@ _compiled: dict[str, object] = {}
 
 def _compiled_fn(name: str):
     if name not in _compiled:
-        _compiled[name] = torch.compile(_scan_forward if name == "fwd" else _scan_backward)
+        # dynamic=True: one graph per T serves every layer shape and batch size (fewer recompiles).
+        _compiled[name] = torch.compile(_scan_forward if name == "fwd" else _scan_backward, dynamic=True)
     return _compiled[name]
 
 

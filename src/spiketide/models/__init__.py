@@ -47,13 +47,8 @@ def create(name: str, *, num_classes: int, timesteps: int, tau: float = 2.0, in_
 
 
 def _register_builtin() -> None:
-    from spiketide.models.convnet import ConvNet
-
-    register("convnet")(ConvNet)
-    try:  # architectures added module by module; a missing file must not break the registry
-        from spiketide.models import resnet, vgg, alexnet  # noqa: F401
-    except ImportError:
-        pass
+    # Each architecture module registers itself on import (after `register` exists).
+    from spiketide.models import alexnet, convnet, resnet, vgg  # noqa: F401
 
 
 _register_builtin()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spiketide.models import register
 from spiketide.models.base import SpikingModel, fold
 from spiketide.neuron import LIF
 
@@ -13,10 +14,15 @@ def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
 
 
+@register("convnet")
 class ConvNet(SpikingModel):
     """stem conv3x3(32)+BN (direct encoding) -> LIF -> avgpool2 -> conv(64)+BN -> LIF -> avgpool2
-    -> conv(64)+BN -> LIF -> global avgpool -> linear. BN is shared across timesteps.
-    28x28x1 input, 10 classes: 56,554 parameters."""
+    -> conv(64)+BN -> LIF -> adaptive avgpool 4x4 -> flatten -> linear. BN is shared across timesteps.
+
+    The 4x4 spatial map before the head (rather than a global pool) lets this small net fit a
+    few thousand images to near-zero loss within minutes, which is where TIC appears.
+    28x28x1 input, 10 classes: 66,154 parameters (66,730 for 32x32x3).
+    """
 
     block_names = ("stem", "block1", "block2", "fc")
 
@@ -32,10 +38,11 @@ class ConvNet(SpikingModel):
         self.block2 = conv_bn(w2, w3)
         self.lif2 = LIF(tau)
         self.pool = nn.AvgPool2d(2)
-        self.fc = nn.Linear(w3, num_classes)
+        self.head_pool = nn.AdaptiveAvgPool2d(4)
+        self.fc = nn.Linear(w3 * 16, num_classes)
 
     def forward_features(self, z: torch.Tensor) -> torch.Tensor:
         s = fold(self.pool, self.lif0(z))
         s = fold(self.pool, self.lif1(fold(self.block1, s)))
         s = self.lif2(fold(self.block2, s))
-        return fold(self.fc, s.mean((-2, -1)))
+        return fold(lambda z: self.fc(self.head_pool(z).flatten(1)), s)

@@ -1,0 +1,155 @@
+"""The paper's figures, drawn from run directories (PNG + PDF in `figures/`).
+
+Fig. 1: I_t over timesteps at several epochs (centroid marked) and the information centroid across
+epochs. Fig. 3: per-block Fisher information, normalised over blocks, as block x timestep heatmaps.
+Fig. 2 (time-window deficits) and Fig. 7 (accuracy vs sparsity) are drawn from their JSON results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from spiketide.runs import RunDir
+
+__all__ = ["fisher_records", "pick_epochs", "plot_fig1", "plot_fig3", "plot_deficits", "plot_pruning", "plot_run", "save"]
+
+
+def save(fig: Figure, path_without_suffix: str | Path) -> list[Path]:
+    """Save as PNG (200 dpi) and PDF; uses the Agg canvas directly so no global backend is touched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    base = Path(path_without_suffix)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for suffix in (".png", ".pdf"):
+        p = base.with_suffix(suffix)
+        tmp = p.with_name(f".{p.name}.tmp{suffix}")
+        fig.savefig(tmp, dpi=200, bbox_inches="tight")
+        tmp.replace(p)  # atomic: a half-drawn figure never replaces a good one
+        paths.append(p)
+    return paths
+
+
+def fisher_records(records: list[dict]) -> list[dict]:
+    """The metrics lines that carry a Fisher measurement, in epoch order."""
+    return sorted((r for r in records if r.get("fisher")), key=lambda r: r["epoch"])
+
+
+def pick_epochs(epochs: list[int], k: int = 4) -> list[int]:
+    """Up to k epochs spread from first to last (the paper shows four)."""
+    if len(epochs) <= k:
+        return list(epochs)
+    idx = np.unique(np.round(np.linspace(0, len(epochs) - 1, k)).astype(int))
+    return [epochs[i] for i in idx]
+
+
+def plot_fig1(records: list[dict], epochs: list[int] | None = None, title: str | None = None) -> Figure:
+    """Fig. 1: left, information centroid (Eq. 7) across epochs; right, I_t (Eq. 6) vs t at chosen epochs."""
+    recs = fisher_records(records)
+    all_epochs = [r["epoch"] for r in recs]
+    shown = epochs or pick_epochs(all_epochs)
+    by_epoch = {r["epoch"]: r["fisher"] for r in recs}
+    fig = Figure(figsize=(10, 3.6))
+    ax_ic, ax_t = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
+    ics = [by_epoch[e]["centroid"] for e in all_epochs]
+    ax_ic.plot(all_epochs, ics, "o-", color="black", lw=1.5, ms=4)
+    colors = [f"C{i}" for i in range(len(shown))]
+    for e, c in zip(shown, colors):
+        ax_ic.plot([e], [by_epoch[e]["centroid"]], "o", color=c, ms=8, zorder=3)
+    ax_ic.set_xlabel("epoch")
+    ax_ic.set_ylabel("information centroid (Eq. 7)")
+    ax_ic.grid(alpha=0.3)
+    for e, c in zip(shown, colors):
+        f = by_epoch[e]
+        trace = np.asarray(f["trace"], dtype=float)
+        t = np.arange(1, len(trace) + 1)
+        err = np.asarray(f.get("stderr") or np.zeros_like(trace), dtype=float)
+        ax_t.errorbar(t, trace, yerr=err, fmt="o-", color=c, capsize=3, lw=1.5, ms=4, label=f"epoch {e}")
+        ax_t.axvline(f["centroid"], color=c, ls=":", lw=1.2)
+    ax_t.set_xlabel("timestep t")
+    ax_t.set_ylabel(r"Fisher information $I_t$ (Eq. 6)")
+    ax_t.set_xticks(t)
+    ax_t.legend(frameon=False, fontsize=8)
+    ax_t.grid(alpha=0.3)
+    est = recs[0]["fisher"].get("estimator", "") if recs else ""
+    fig.suptitle(title or f"Temporal information dynamics ({est} Fisher; dotted: centroid)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_fig3(records: list[dict], epochs: list[int] | None = None) -> Figure | None:
+    """Fig. 3: per-block Fisher information / max over blocks, heatmap of block x timestep per epoch."""
+    recs = [r for r in fisher_records(records) if r["fisher"].get("per_layer")]
+    if not recs:
+        return None
+    by_epoch = {r["epoch"]: r["fisher"]["per_layer"] for r in recs}
+    shown = epochs or pick_epochs(list(by_epoch), 3)
+    fig = Figure(figsize=(3.6 * len(shown) + 0.8, 3.8))
+    axes = np.atleast_1d(fig.subplots(1, len(shown), sharey=True))
+    im = None
+    for ax, e in zip(axes, shown):
+        per = by_epoch[e]
+        names = list(per)
+        m = np.array([per[n] for n in names], dtype=float)
+        m = m / max(m.max(), 1e-30)  # normalised over all blocks and timesteps, as in the paper
+        im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="upper")
+        ax.set_title(f"epoch {e}", fontsize=9)
+        ax.set_xticks(range(m.shape[1]), [str(t + 1) for t in range(m.shape[1])])
+        ax.set_xlabel("timestep t")
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+    axes[0].set_ylabel("block")
+    fig.colorbar(im, ax=list(axes), shrink=0.9, label="normalised Fisher information")
+    fig.suptitle("Per-block temporal Fisher information (Fig. 3)", fontsize=10)
+    return fig
+
+
+def plot_deficits(result: dict) -> Figure:
+    """Fig. 2: accuracy change when Gaussian noise hits timesteps [t, t+w-1], relative to the last window."""
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.subplots()
+    for i, entry in enumerate(result["checkpoints"]):
+        ax.plot(entry["window_starts"], [100 * v for v in entry["relative_accuracy"]], "o-", color=f"C{i}",
+                label=f"epoch {entry['epoch']}")
+    ax.axhline(0, color="gray", lw=0.8)
+    w = result["window"]
+    ax.set_xlabel(f"noise window start t (window [t, t+{w - 1}])")
+    ax.set_ylabel("relative accuracy (points)")
+    ax.set_title("Time-window deficits (Fig. 2)", fontsize=10)
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pruning(result: dict) -> Figure:
+    """Fig. 7: test accuracy vs sparsity, one curve per T_retrain."""
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.subplots()
+    for i, (t_retrain, curve) in enumerate(sorted(result["curves"].items(), key=lambda kv: int(kv[0]))):
+        ax.plot([100 * s for s in curve["sparsity"]], [100 * a for a in curve["test_acc"]], "o-", color=f"C{i}",
+                label=f"$T_{{retrain}}$ = {t_retrain}")
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Iterative pruning, trained with T = {result['T']} (Fig. 7)", fontsize=10)
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_run(run_path: str | Path) -> list[Path]:
+    """Draw every figure a run directory supports into its figures/ folder; returns the files written."""
+    run = RunDir(run_path)
+    run.read_config()  # a clear error when this is not a run directory
+    records = run.read_metrics()
+    paths: list[Path] = []
+    if fisher_records(records):
+        paths += save(plot_fig1(records), run.figures / "fig1_temporal_fisher")
+        fig3 = plot_fig3(records)
+        if fig3 is not None:
+            paths += save(fig3, run.figures / "fig3_per_block_fisher")
+    return paths

@@ -1,0 +1,66 @@
+import pytest
+
+from spiketide import cli
+
+
+def run(capsys, *argv):
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as e:  # argparse exits on usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", ["train", "demo", "plot", "fisher", "deficits", "robustness", "early-exit", "prune"])
+def test_every_command_has_help(capsys, command):
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0 and "usage: spiketide" in out
+
+
+def test_top_level_help(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for command in ("train", "fisher", "robustness", "prune", "early-exit", "deficits", "demo"):
+        assert command in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--tau", "0"], "tau must be non-zero"),
+    (["-T", "0"], "must be >= 1"),
+    (["--model", "lenet"], "unknown model 'lenet'"),
+    (["--dataset", "mnist"], "mnist"),
+    (["--epochs", "3", "--checkpoint-epochs", "2,7"], "checkpoint epochs [7]"),
+    (["--loss", "alpha"], "needs --alpha"),
+    (["--loss", "alpha", "--alpha", "imagenet:low"], "unknown alpha preset"),
+    (["--dataset", "fashion-mnist", "--model", "convnet", "--subset", "70000", "--epochs", "1"], "60000"),
+])
+def test_train_errors_are_one_clear_line(capsys, tmp_path, argv, message):
+    code, _, err = run(capsys, "train", "--out", str(tmp_path / "r"), "--no-progress", *argv)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+def test_alpha_preset_resolves(tmp_path):
+    from spiketide.cli import _resolve_alpha
+
+    assert _resolve_alpha("cifar10:low", "alpha") == 1e-3
+    assert _resolve_alpha("svhn:high", "alpha") == 7e-2
+    assert _resolve_alpha("0.05", "alpha") == 0.05
+
+
+@pytest.mark.parametrize("command", ["fisher", "robustness", "deficits", "early-exit"])
+def test_analysis_commands_reject_missing_and_corrupt_checkpoints(capsys, tmp_path, command):
+    code, _, err = run(capsys, command, str(tmp_path / "nope.pt"))
+    assert code == 2 and "does not exist" in err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    code, _, err = run(capsys, command, str(bad))
+    assert code == 2 and "bad.pt" in err and "Traceback" not in err
+
+
+def test_resume_without_run(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--resume", "--out", str(tmp_path / "none"))
+    assert code == 2 and "not a run directory" in err
