@@ -8,8 +8,9 @@
 Timed, per fast-path setting (`spiketide.neuron.set_fast_path`, the compiled LIF scan; "on" is
 timed after a warm-up call that compiles it), as medians of interleaved repeats:
 
-  train     one training step: forward + backward of the mean-output CE loss on the same N
-            samples in train mode (one batch; no optimizer step)
+  train     training steps: forward + backward of the mean-output CE loss in train mode (no
+            optimizer step) over the same N samples in batches of --batch-size (default N: one
+            step on one batch; otherwise one step is timed and multiplied by ceil(N / batch))
   fisher    temporal_fisher(estimator="empirical") on the N samples (batch size --batch-size,
             default N: one batch); includes its stateless check and safety-net check
   loop      the exact per-sample loop temporal_fisher falls back to: one forward per sample,
@@ -18,7 +19,11 @@ timed after a warm-up call that compiles it), as medians of interleaved repeats:
 
 `loop` and `brute` run on --brute-subset samples (default: all N on CPU for convnet, 4 for
 bigger models) and are extrapolated linearly to N. Targets: fisher <= 8 x train and
-fisher >= 1.5x faster than brute. Prints a table and one JSON line (also to --json).
+fisher >= 1.5x faster than brute. Times are medians over rounds; ratios are medians of the
+per-round ratios. On a loaded machine, `--threads 1` gives steadier numbers (OpenMP threads
+that wait for a busy core make many small operations slow). `--exactness` first compares temporal_fisher with
+brute_force_fisher in float64 on a tiny convnet on the chosen device (all three estimators).
+Prints a table and one JSON line (also to --json).
 """
 
 from __future__ import annotations
@@ -50,8 +55,41 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="compiled LIF scan on, off, or both (default both)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--exactness", action="store_true", help="float64 check against brute force on a tiny convnet first")
     p.add_argument("--json", default=None, help="also write the JSON result here")
     return p.parse_args(argv)
+
+
+def exactness(dev) -> dict:
+    """max relative error of temporal_fisher against brute_force_fisher, float64, tiny convnet, on `dev`."""
+    import torch
+
+    from spiketide.fisher import _sample_true_labels, brute_force_fisher, temporal_fisher
+    from spiketide.losses import horizon_logits
+    from spiketide.models import create
+
+    torch.manual_seed(0)
+    m = create("convnet", num_classes=5, timesteps=4, in_channels=1, image_size=12, widths=(4, 8, 8)).double().to(dev)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.weight.data.uniform_(2.0, 4.0)
+            mod.bias.data.uniform_(0.3, 1.0)
+    x = torch.rand(10, 1, 12, 12, dtype=torch.float64, device=dev)
+    y = torch.randint(0, 5, (10,), device=dev)
+    out = {}
+    for est in ("empirical", "true", "batch"):
+        kw = {}
+        if est == "true":
+            m.eval()
+            with torch.no_grad():
+                kw["labels"] = _sample_true_labels(horizon_logits(m(x)), torch.Generator().manual_seed(3))
+        a = temporal_fisher(m, x, y, estimator=est, batch_size=4, seed=3, per_layer=True)
+        b = brute_force_fisher(m, x, y, estimator=est, batch_size=4, seed=3, per_layer=True, **kw)
+        errs = [float(((a.trace - b.trace).abs() / b.trace.abs()).max())]
+        errs += [float(((a.per_layer[k] - v).abs() / v.abs()).max()) for k, v in b.per_layer.items()]
+        out[est] = max(errs)
+    print("exactness (float64, max relative error vs brute force):", out)
+    return out
 
 
 def main(argv=None) -> int:
@@ -97,10 +135,13 @@ def main(argv=None) -> int:
         sync()
         return time.perf_counter() - t0
 
+    steps = -(-N // bs)
+    xs, ys = x[:bs], y[:bs]
+
     def train_step():
         model.train()
         model.zero_grad(set_to_none=True)
-        mean_output_ce(model(x), y).backward()
+        mean_output_ce(model(xs), ys).backward()
         model.zero_grad(set_to_none=True)
 
     def fisher_run():
@@ -116,6 +157,7 @@ def main(argv=None) -> int:
     def brute_run():
         fisher.brute_force_fisher(model, x[:sub], y[:sub])
 
+    exact = exactness(dev) if args.exactness else None
     rows = {}
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.fast_path]
     for fp in modes:
@@ -129,21 +171,25 @@ def main(argv=None) -> int:
             torch.cuda.reset_peak_memory_stats()
         res = {"train": [], "fisher": [], "loop": [], "brute": []}
         for _ in range(args.repeats):
-            res["train"].append(timed(train_step))
+            res["train"].append(timed(train_step) * steps)
             res["fisher"].append(timed(fisher_run))
             if not args.no_brute:
                 res["loop"].append(timed(loop_run) * N / sub)
                 res["brute"].append(timed(brute_run) * N / sub)
         med = {k: statistics.median(v) for k, v in res.items() if v}
+
+        def ratio(a, b):  # median of per-round ratios: each round's timings share the machine's load
+            return round(statistics.median(x / y for x, y in zip(res[a], res[b])), 3)
+
         r = {
             "fast_path": fp and neuron.fast_path_enabled(),
             "warmup_s": round(warm, 3),
             **{f"{k}_s": round(v, 4) for k, v in med.items()},
-            "fisher_over_train": round(med["fisher"] / med["train"], 3),
+            "fisher_over_train": ratio("fisher", "train"),
         }
         if not args.no_brute:
-            r["brute_over_fisher"] = round(med["brute"] / med["fisher"], 3)
-            r["loop_over_fisher"] = round(med["loop"] / med["fisher"], 3)
+            r["brute_over_fisher"] = ratio("brute", "fisher")
+            r["loop_over_fisher"] = ratio("loop", "fisher")
         if dev.type == "cuda":
             r["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         rows[tag] = r
@@ -169,6 +215,7 @@ def main(argv=None) -> int:
         "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None,
         "peak_rss_gb": None if peak_rss is None else round(peak_rss, 2),
         "targets": {"fisher_over_train_max": 8.0, "brute_over_fisher_min": 1.5},
+        "exactness_max_rel_err": exact,
         "results": rows,
     }
     line = json.dumps(out)

@@ -13,13 +13,18 @@ How it is computed (`temporal_fisher`):
 * ONE forward pass per batch gives all T horizons. Forward hooks record the inputs and
   outputs of every parameterised `nn.Linear`, `nn.Conv1d/2d`, `nn.BatchNorm1d/2d/3d`
   (eval mode, running statistics), `nn.LayerNorm` and `nn.GroupNorm` call.
-* Per horizon, one backward pass (`retain_graph`) to those module outputs (not to the
-  weights, which saves the weight-gradient half of the backward). Per-sample weight
-  gradients are then rebuilt from (input, grad_output) pairs: for convolutions by a
-  strided im2col view (`as_strided`, much faster on CPU than `F.unfold`) and one batched
+* Per horizon, one backward pass (`retain_graph`) that asks autograd only for the gradients
+  of the lowest recorded outputs (for a built-in model: the stem convolution's). Autograd
+  computes every other recorded output's gradient on the way and hands it to a tensor hook,
+  which turns it into per-sample squared norms at once, so the output gradients are never
+  all alive together, and no weight gradients are computed (half of a normal backward).
+  Per-sample weight gradients are rebuilt from (input, grad_output) pairs: for
+  convolutions by a strided im2col view (`as_strided`; on CPU much faster than `F.unfold`,
+  and faster than the grouped-convolution trick for the late layers) and one batched
   matmul per call, or, when it is cheaper, by the Gram identity
   ||sum_m g_m u_m^T||^2 = sum_{m,m'} (g_m.g_m')(u_m.u_m') whose input half is reused by all
-  T horizons. Rows are mapped to samples for the layouts an SNN uses: a batch [B, ...]
+  T horizons. Row blocks (timesteps) whose output gradient is exactly zero, i.e. those
+  after the horizon, are skipped. Rows are mapped to samples for the layouts an SNN uses: a batch [B, ...]
   (a module called once per timestep, snnTorch style; the calls are accumulated), the
   time-major folded batch [T*B, ...] (sample = row % B), [T, B, ...] for Linear/LayerNorm
   and [T, B, C, H, W] for conv/BN wrappers that fold internally. Work is done in slices of
@@ -52,12 +57,13 @@ from torch import Tensor, nn
 from spiketide.errors import ConfigError, ModelOutputError
 from spiketide.losses import check_logits, horizon_logits
 
-__all__ = ["ESTIMATORS", "FisherProfile", "temporal_fisher", "brute_force_fisher", "information_centroid"]
+__all__ = ["ESTIMATORS", "FisherProfile", "FisherTracker", "temporal_fisher", "brute_force_fisher", "information_centroid"]
 
 ESTIMATORS = ("empirical", "true", "batch")
 
 _CHUNK_BYTES = 256 * 2**20  # largest temporary per module and slice of samples
 _CACHE_BYTES = 2**30  # horizon-independent tensors (im2col views, input Grams) kept across the T backwards
+_FORCE_MODE: str | None = None  # tests: "gram" or "materialize" for every linear/conv module
 _CHECK_SEED = 0x5EED  # the safety net's per-sample weights (a private generator: the global RNG is untouched)
 
 
@@ -302,6 +308,17 @@ def _progress(total: int, enabled: bool, desc: str):
 # Per-sample gradients from hooks
 
 
+def _cache_budget(device: torch.device) -> int:
+    """Bytes of horizon-independent tensors kept across the T backward passes of a batch."""
+    if device.type == "cuda":
+        try:
+            free, _ = torch.cuda.mem_get_info(device)
+            return int(min(16 * 2**30, max(_CACHE_BYTES, free // 4)))
+        except Exception:  # pragma: no cover - driver query failed
+            return _CACHE_BYTES
+    return _CACHE_BYTES
+
+
 def _kind(m: nn.Module) -> str | None:
     if isinstance(m, nn.Linear):
         return "linear"
@@ -428,15 +445,20 @@ class _Site:
         else:
             v = go.reshape(go.shape[0], B, -1)
         v = v[:, s:e]
+        if v.device.type != "cpu":  # one reduction and one synchronisation
+            nz = torch.nonzero(v.reshape(c.nblk, -1).ne(0).any(1)).flatten().tolist()
+            return nz[-1] + 1 if nz else 0
         for j in range(c.nblk - 1, -1, -1):  # scan back from the last block: reads only the zero tail
             if bool(v[j].any()):
                 return j + 1
         return 0
 
-    def _conv_U(self, c: _Call, B: int, s: int, e: int) -> Tensor:
-        """Strided im2col of samples s..e-1: [b, C*kh*kw, k*Ho*Wo] (rows ordered (timestep-row, position))."""
+    def _conv_U(self, c: _Call, B: int, s: int, e: int, kk: int | None = None) -> Tensor:
+        """Strided im2col of samples s..e-1, first kk row blocks: [b, C*kh*kw, kk*Ho*Wo]
+        (rows ordered (row block, position))."""
         m, x, k, b = self.module, c.x, c.k, e - s
-        xs = x.reshape(k, B, *x.shape[1:])[:, s:e].transpose(0, 1).reshape(b * k, *x.shape[1:])
+        kk = k if kk is None else kk
+        xs = x.reshape(k, B, *x.shape[1:])[:kk, s:e].transpose(0, 1).reshape(b * kk, *x.shape[1:])
         pads = list(m._reversed_padding_repeated_twice)
         if any(pads):
             xs = F.pad(xs, pads, mode="constant" if m.padding_mode == "zeros" else m.padding_mode)
@@ -451,30 +473,36 @@ class _Site:
         Ho, Wo = (Hp - dh * (kh - 1) - 1) // sh + 1, (Wp - dw * (kw - 1) - 1) // sw + 1
         if Ho * Wo * k != c.M:
             raise _LayoutError(f"{self.name}: output size does not match the convolution geometry")
-        xs = xs.view(b, k, C, Hp, Wp)
+        xs = xs.view(b, kk, C, Hp, Wp)
         st = xs.stride()
-        v = xs.as_strided((b, C, kh, kw, k, Ho, Wo),
+        v = xs.as_strided((b, C, kh, kw, kk, Ho, Wo),
                           (st[0], st[2], st[3] * dh, st[4] * dw, st[1], st[3] * sh, st[4] * sw), xs.storage_offset())
-        return v.reshape(b, C * kh * kw, k * Ho * Wo)
+        return v.reshape(b, C * kh * kw, kk * Ho * Wo)
 
-    def _U(self, c: _Call, B: int, s: int, e: int) -> Tensor:
-        """Inputs as [b, K, M] (feature-major) for linear and conv."""
+    def _U(self, c: _Call, B: int, s: int, e: int, kk: int | None = None) -> Tensor:
+        """Inputs of the first kk row blocks as [b, K, M'] (feature-major) for linear and conv."""
+        dt = self.module.weight.dtype  # (autocast: compute in the parameters' precision)
         if self.kind == "linear":
-            return self._rows(c.x, c.layout, B, s, e, 1).transpose(1, 2)
-        return self._conv_U(c, B, s, e)
+            return self._rows(c.x, c.layout, B, s, e, 1, kk).to(dt).transpose(1, 2)
+        return self._conv_U(c, B, s, e, kk).to(dt)
 
     def _G(self, c: _Call, go: Tensor, B: int, s: int, e: int, kk: int) -> Tensor:
         """Output gradients of the first kk row blocks as [b, O, M'] for linear and conv."""
+        dt = self.module.weight.dtype
         if self.kind == "linear":
-            return self._rows(go, c.layout, B, s, e, 1, kk).transpose(1, 2)
+            return self._rows(go, c.layout, B, s, e, 1, kk).to(dt).transpose(1, 2)
         if c.layout[0] == "tb":
             go = go.flatten(0, 1)
         O = go.shape[1]
-        return go.reshape(c.k, B, O, -1)[:kk, s:e].permute(1, 2, 0, 3).reshape(e - s, O, -1)
+        return go.reshape(c.k, B, O, -1)[:kk, s:e].permute(1, 2, 0, 3).reshape(e - s, O, -1).to(dt)
 
     # planning -----------------------------------------------------------------------------
     def plan(self, B: int, T: int, elem: int) -> None:
+        """Costs of the per-sample rules for this batch; `decide` picks one once the cache budget is shared out."""
         m = self.module
+        self.cache: dict[Any, Any] = {}
+        self.cache_ok = False
+        self.gram = False
         if self.kind in ("linear", "conv"):
             w = m.weight
             self.O = w.shape[0]
@@ -482,29 +510,64 @@ class _Site:
             self.groups = getattr(m, "groups", 1)
             Ktot = self.K * self.groups
             Mtot = sum(c.M for c in self.calls)
-            Mmax = max((c.M for c in self.calls), default=1)
-            cost_gram = Mtot * Mtot * (Ktot + T * self.O)
-            cost_mat = T * Mtot * self.O * Ktot
-            self.gram = self.groups == 1 and cost_gram < cost_mat
-            per = max(Ktot * Mmax, self.O * Mmax) + (Mtot * Mtot * 2 if self.gram else self.O * self.K * self.groups)
+            self.Mtot, self.Mmax = Mtot, max((c.M for c in self.calls), default=1)
+            # multiply-adds for all T horizons (upper bounds: trailing zero blocks are skipped)
+            self.cost_mat = T * Mtot * self.O * Ktot
+            self.cost_gram_cached = Mtot * Mtot * (Ktot + T * self.O)
+            self.cost_gram = T * Mtot * Mtot * (Ktot + self.O)
+            self.cache_bytes = B * Mtot * Mtot * elem  # Gram mode: the input Gram matrices
+            self.u_bytes = B * Ktot * Mtot * elem  # materialised mode: the im2col inputs
+        elif self.kind == "ln":
+            self.cache_bytes = self.u_bytes = 0  # recomputed per horizon (one row per sample and block)
         else:
-            per = 3 * sum(c.x[0].numel() * (c.k or 1) if c.k else c.x.numel() // B for c in self.calls) + 1
-            self.gram = False
-        per = max(per, 1)
-        b = max(1, min(B, _CHUNK_BYTES // (per * elem)))
+            self.cache_bytes = self.u_bytes = sum(c.x.numel() * elem for c in self.calls)  # normalised inputs
+
+    def wants_gram(self) -> bool:
+        if self.kind not in ("linear", "conv") or self.groups != 1:
+            return False
+        if _FORCE_MODE is not None:
+            return _FORCE_MODE == "gram"
+        return self.cost_gram_cached < self.cost_mat
+
+    def decide(self, B: int, elem: int, budget: list[int], gram_pass: bool) -> None:
+        """Pass 1 (gram_pass): Gram candidates claim their cache, which saves the most work per byte.
+        Pass 2: everything else is decided; the rest of the budget caches im2col / normalised inputs."""
+        if gram_pass:
+            if self.wants_gram() and self.cache_bytes <= budget[0]:
+                budget[0] -= self.cache_bytes
+                self.gram = self.cache_ok = True
+            return
+        if self.kind in ("linear", "conv") and not self.gram:
+            if self.wants_gram():  # no room for its cache: Gram only if it still wins when recomputed
+                self.gram = _FORCE_MODE == "gram" or self.cost_gram < self.cost_mat
+        if not self.cache_ok and not self.gram and self.u_bytes <= budget[0]:
+            budget[0] -= self.u_bytes
+            self.cache_ok = True
+        if self.kind in ("linear", "conv"):
+            Ktot = self.K * self.groups
+            per = max(Ktot * self.Mmax, self.O * self.Mmax)
+            per += 2 * self.Mtot * self.Mtot if self.gram else self.O * Ktot
+        else:
+            per = 3 * sum(c.x.numel() for c in self.calls) // B + 1
+        b = max(1, min(B, _CHUNK_BYTES // (max(per, 1) * elem)))
         self.chunks = [(s, min(B, s + b)) for s in range(0, B, b)]
-        self.cache: dict[int, Any] = {}
 
     # per-sample squared norms ---------------------------------------------------------------
-    def compute(self, gos: list[Tensor | None], B: int, ci: int, s: int, e: int, winv: Tensor | None,
-                budget: list[int]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def compute(self, gos: list[Tensor | None], B: int, ci: int, s: int, e: int,
+                winv: Tensor | None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Per-sample squared gradient norms {attr: [b]} for samples s..e-1 (chunk `ci`), and, when
         `winv` (1/w per sample) is given, the sums sum_n grad_n / w_n {attr: tensor like the parameter}."""
         if self.kind in ("linear", "conv"):
-            return self._compute_matrix(gos, B, ci, s, e, winv, budget)
-        return self._compute_norm(gos, B, ci, s, e, winv, budget)
+            return self._compute_matrix(gos, B, ci, s, e, winv)
+        return self._compute_norm(gos, B, ci, s, e, winv)
 
-    def _compute_matrix(self, gos, B, ci, s, e, winv, budget):
+    def _zeros(self, b: int, winv: Tensor | None, attrs) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        m = self.module
+        sq = {a: torch.zeros(b, dtype=torch.float64, device=getattr(m, a).device) for a in attrs}
+        sums = {a: torch.zeros_like(getattr(m, a)) for a in attrs} if winv is not None else {}
+        return sq, sums
+
+    def _compute_matrix(self, gos, B, ci, s, e, winv):
         m, b = self.module, e - s
         sq: dict[str, Tensor] = {}
         sums: dict[str, Tensor] = {}
@@ -513,60 +576,48 @@ class _Site:
                for c, go in zip(self.calls, gos)]
         Gs = [self._G(c, go, B, s, e, kk) if kk else None for c, go, kk in zip(self.calls, gos, kks)]
         ref = next((g for g in Gs if g is not None), None)
-        has_w, has_b = "weight" in self.pidx, "bias" in self.pidx
         if ref is None:  # no call of this module reaches this horizon's loss
-            z = torch.zeros(b, dtype=torch.float64, device=m.weight.device)
-            if has_w:
-                sq["weight"] = z
-            if has_b:
-                sq["bias"] = z
-            if winv is not None:
-                for a in self.pidx:
-                    sums[a] = torch.zeros_like(getattr(m, a))
-            return sq, sums
-
-        def get_U():
-            hit = self.cache.get(ci)
-            if hit is not None and not self.gram:
-                return hit
-            Us = [self._U(c, B, s, e) for c in self.calls]
-            nbytes = sum(u.numel() * u.element_size() for u in Us)
-            if not self.gram and budget[0] >= nbytes:
-                budget[0] -= nbytes
-                self.cache[ci] = Us
-            return Us
-
-        if has_b:
+            return self._zeros(b, winv, self.pidx)
+        if "bias" in self.pidx:
             bg = sum(g.sum(2) for g in Gs if g is not None)
             sq["bias"] = bg.double().pow(2).sum(1)
             if winv is not None:
                 sums["bias"] = (bg * winv[:, None]).sum(0)
-        if not has_w:
+        if "weight" not in self.pidx:
             return sq, sums
         if self.gram:
-            Gfull = [g if g is not None else torch.zeros(b, self.O, c.M, dtype=ref.dtype, device=ref.device)
-                     for c, g in zip(self.calls, Gs)]
-            Gcat = Gfull[0] if len(Gfull) == 1 else torch.cat(Gfull, 2)
-            XG = self.cache.get(ci)
-            Us = None
-            if XG is None:
-                Us = [self._U(c, B, s, e) for c in self.calls]
-                Ucat = Us[0] if len(Us) == 1 else torch.cat(Us, 2)
-                XG = torch.bmm(Ucat.transpose(1, 2), Ucat)
-                nbytes = XG.numel() * XG.element_size()
-                if budget[0] >= nbytes:
-                    budget[0] -= nbytes
-                    self.cache[ci] = XG
+            if multi:
+                Gs = [g if g is not None else torch.zeros(b, self.O, c.M, dtype=ref.dtype, device=ref.device)
+                      for c, g in zip(self.calls, Gs)]
+                Gcat = torch.cat(Gs, 2)
+            else:
+                Gcat = Gs[0]
             Mu = Gcat.shape[2]  # single call: only the rows of the used blocks
+
+            def inputs() -> Tensor:
+                if multi:
+                    return torch.cat([self._U(c, B, s, e) for c in self.calls], 2)
+                return self._U(self.calls[0], B, s, e, None if self.cache_ok else kks[0])
+
+            Ucat = None
+            XG = self.cache.get(ci)
+            if XG is None:
+                Ucat = inputs()
+                XG = torch.bmm(Ucat.transpose(1, 2), Ucat)
+                if self.cache_ok:
+                    self.cache[ci] = XG
             GG = torch.bmm(Gcat.transpose(1, 2), Gcat)
             sq["weight"] = (XG[:, :Mu, :Mu] * GG).sum((1, 2)).double()
             if winv is not None:
-                if Us is None:
-                    Us = [self._U(c, B, s, e) for c in self.calls]
-                Ucat = (Us[0] if len(Us) == 1 else torch.cat(Us, 2))[:, :, :Mu]
+                Ucat = (inputs() if Ucat is None else Ucat)[:, :, :Mu]
                 sums["weight"] = torch.einsum("bom,bkm->ok", Gcat * winv[:, None, None], Ucat).reshape(m.weight.shape)
             return sq, sums
-        Us = get_U()
+        if self.cache_ok:
+            Us = self.cache.get(ci)
+            if Us is None:
+                Us = self.cache[ci] = [self._U(c, B, s, e) for c in self.calls]
+        else:  # build only the row blocks this horizon uses
+            Us = [self._U(c, B, s, e, kk) if kk else None for c, kk in zip(self.calls, kks)]
         g_ = self.groups
         acc = None
         for U, G in zip(Us, Gs):
@@ -584,40 +635,40 @@ class _Site:
             sums["weight"] = (acc * winv[:, None]).sum(0).reshape(m.weight.shape)
         return sq, sums
 
-    def _xhat(self, c: _Call, key: tuple, B: int, s: int, e: int, budget: list[int]) -> Tensor:
-        """Normalised BN/GN input of samples s..e-1 as [k, b, C, S] (cached across horizons within budget)."""
+    def _pdtype(self) -> torch.dtype:
+        p = getattr(self.module, "weight", None)
+        return p.dtype if p is not None else self.module.bias.dtype
+
+    def _xhat(self, c: _Call, key: tuple, B: int, s: int, e: int, kk: int) -> Tensor:
+        """Normalised BN/GN input of samples s..e-1 as [kk, b, C, S] (cached across horizons if planned)."""
         hit = self.cache.get(key)
         if hit is not None:
-            return hit
+            return hit[:kk]
         m, k = self.module, c.k
-        x = c.x.reshape(k, B, c.x.shape[1], -1)[:, s:e]
+        n = k if self.cache_ok else kk
+        x = c.x.reshape(k, B, c.x.shape[1], -1)[:n, s:e].to(self._pdtype())
         if self.kind == "bn":
             inv = torch.rsqrt(m.running_var.to(x.dtype) + m.eps).view(1, 1, -1, 1)
             xh = (x - m.running_mean.to(x.dtype).view(1, 1, -1, 1)) * inv
         else:  # gn: per (row, group) statistics
-            xr = c.x.reshape(k, B, *c.x.shape[1:])[:, s:e]
-            xh = F.group_norm(xr.reshape(k * (e - s), *xr.shape[2:]), m.num_groups, None, None, m.eps)
-            xh = xh.reshape(k, e - s, c.x.shape[1], -1)
-        nbytes = xh.numel() * xh.element_size()
-        if budget[0] >= nbytes:
-            budget[0] -= nbytes
+            xr = c.x.reshape(k, B, *c.x.shape[1:])[:n, s:e].to(x.dtype)
+            xh = F.group_norm(xr.reshape(n * (e - s), *xr.shape[2:]), m.num_groups, None, None, m.eps)
+            xh = xh.reshape(n, e - s, c.x.shape[1], -1)
+        if self.cache_ok:
             self.cache[key] = xh
-        return xh
+        return xh[:kk]
 
-    def _compute_norm(self, gos, B, ci, s, e, winv, budget):
+    def _compute_norm(self, gos, B, ci, s, e, winv):
         m, b = self.module, e - s
         wg = bg = None
-        for ci_n, (c, go) in enumerate(zip(self.calls, gos)):
-            ci_call = (ci, ci_n)
-            if go is None:
-                continue
+        for cn, (c, go) in enumerate(zip(self.calls, gos)):
             kk = self._used_blocks(c, go, B, s, e)
             if kk == 0:
                 continue
             if self.kind == "ln":
                 nf = self._nfeat()
-                X = self._rows(c.x, c.layout, B, s, e, nf, kk)
-                G = self._rows(go, c.layout, B, s, e, nf, kk)
+                X = self._rows(c.x, c.layout, B, s, e, nf, kk).to(self._pdtype())
+                G = self._rows(go, c.layout, B, s, e, nf, kk).to(self._pdtype())
                 if "weight" in self.pidx:
                     xh = F.layer_norm(X, m.normalized_shape, None, None, m.eps)
                     w_ = (G * xh).sum(1)
@@ -626,12 +677,11 @@ class _Site:
                     b_ = G.sum(1)
                     bg = b_ if bg is None else bg + b_
                 continue
-            k = c.k
             g = go.flatten(0, 1) if c.layout[0] == "tb" else go
             C = g.shape[1]
-            g = g.reshape(k, B, C, -1)[:kk, s:e]  # [kk, b, C, S]
+            g = g.reshape(c.k, B, C, -1)[:kk, s:e].to(self._pdtype())  # [kk, b, C, S]
             if "weight" in self.pidx:
-                xh = self._xhat(c, ci_call, B, s, e, budget)[:kk]  # [k, b, C, S], horizon-independent
+                xh = self._xhat(c, (ci, cn), B, s, e, kk)  # horizon-independent
                 # per (row, channel) dot products over positions as one batched matmul (no product temporary)
                 dots = torch.bmm(g.reshape(-1, 1, g.shape[-1]), xh.reshape(-1, xh.shape[-1], 1))
                 w_ = dots.view(kk, b, C).sum(0)
@@ -732,6 +782,8 @@ class _HookEngine:
                     sq, reason = self._measure(out, lp, B, T, check, check_rng)
                 except _LayoutError as exc:
                     return None, str(exc), out.detach()
+                except Exception as exc:  # e.g. mixed dtypes or out of memory: the per-sample loop still works
+                    return None, f"per-sample gradients from hooks failed ({type(exc).__name__}: {exc})", out.detach()
                 if sq is not None:
                     if check:
                         self.checked_sig = sig
@@ -751,42 +803,113 @@ class _HookEngine:
             for site in self.sites:
                 site.cache, site.calls, site.raw = {}, [], []
 
+    @staticmethod
+    def _lowest(root: Any, nodes: list[Any]) -> list[int]:
+        """Indices of the targets (by grad_fn node) below which no other target lies in the graph under
+        `root`. Asking autograd for just these gradients makes it compute every target's gradient on
+        the way (each arrives at its tensor hook), without holding them all at once."""
+        tset = set(n for n in nodes if n is not None)
+        below: dict[Any, bool] = {}
+        stack = [(root, False)] if root is not None else []
+        seen = set()
+        while stack:
+            node, done = stack.pop()
+            if done:
+                below[node] = any(ch is not None and (ch in tset or below.get(ch, False))
+                                  for ch, _ in node.next_functions)
+                continue
+            if node in seen:
+                continue
+            seen.add(node)
+            stack.append((node, True))
+            for ch, _ in node.next_functions:
+                if ch is not None and ch not in seen:
+                    stack.append((ch, False))
+        return [i for i, n in enumerate(nodes) if not below.get(n, False)]
+
     def _measure(self, out: Tensor, lp: Tensor, B: int, T: int, check: bool, rng: torch.Generator):
         dev = out.device
         elem = out.element_size()
         for si, site in enumerate(self.sites):
             site.canonicalise(B, self.choice, si)
             site.plan(B, T, elem)
-        targets, where = [], []
-        for si, site in enumerate(self.sites):
-            for ci, c in enumerate(site.calls):
-                if c.yorig.requires_grad:
-                    targets.append(c.yorig)
-                    where.append((si, ci))
+        budget = [_cache_budget(dev)]
+        for site in sorted(self.sites, key=lambda z: -getattr(z, "K", 0)):  # Gram caches first, widest inputs first
+            site.decide(B, elem, budget, gram_pass=True)
+        for site in self.sites:
+            site.decide(B, elem, budget, gram_pass=False)
+            for c in site.calls:
+                if (c.xver is not None and c.x._version != c.xver) or c.yorig._version != c.yver:
+                    raise _LayoutError(f"{site.name}: its input or output was modified in place after the call")
+        targets = [(si, ci, c.yorig) for si, site in enumerate(self.sites) for ci, c in enumerate(site.calls)
+                   if c.yorig.requires_grad]
+        low = self._lowest(out.grad_fn, [y.grad_fn for _, _, y in targets])
+        lowset = set(low)
         sq = torch.zeros(self.ngroups, B, T, dtype=torch.float64, device=dev)
-        if check:
-            w = torch.rand(B, generator=rng, dtype=torch.float64).add_(0.5).to(device=dev, dtype=lp.dtype)
-        winv = (1.0 / w) if check else None
+        w = torch.rand(B, generator=rng, dtype=torch.float64).add_(0.5).to(device=dev, dtype=lp.dtype) if check else None
         sums: dict[int, Tensor] = {}
-        budget = [_CACHE_BYTES]
-        for t in range(T):
-            last = t == T - 1
-            weighted = check and last
-            loss = (lp[t] * w).sum() if weighted else lp[t].sum()
-            keep = (not last) or check
-            if targets:
-                gos_flat = torch.autograd.grad(loss, targets, retain_graph=keep, allow_unused=True)
-            else:
-                gos_flat = []
-            gos: list[list[Tensor | None]] = [[None] * len(s.calls) for s in self.sites]
-            for (si, ci), g in zip(where, gos_flat):
-                gos[si][ci] = g
-            with torch.no_grad():
-                self._accumulate(gos, t, T, B, sq, sums, winv if weighted else None, budget)
+        st: dict[str, Any] = {"active": False}
+
+        def process(si: int, gos: list[Tensor | None]) -> None:
+            site = self.sites[si]
+            winv = st["winv"]
+            for ci, (s, e) in enumerate(site.chunks):
+                q, sm = site.compute(gos, B, ci, s, e, None if winv is None else winv[s:e])
+                for a, v in q.items():
+                    sq[self.gidx[site.pidx[a]], s:e, st["t"]] += v
+                for a, v in sm.items():
+                    i = site.pidx[a]
+                    sums[i] = v if i not in sums else sums[i] + v
+
+        def deliver(si: int, ci: int, g: Tensor | None) -> None:
+            if g is None:
+                return
+            n = len(self.sites[si].calls)
+            if n == 1:
+                process(si, [g])
+            else:  # a module called several times: its per-sample gradient sums all calls first
+                st["pending"].setdefault(si, [None] * n)[ci] = g
+
+        def make_hook(si: int, ci: int):
+            def hook(g: Tensor) -> None:
+                if st["active"] and st["error"] is None:
+                    try:
+                        with torch.no_grad():
+                            deliver(si, ci, g)
+                    except Exception as exc:  # re-raised after the backward pass
+                        st["error"] = exc
+            return hook
+
+        handles = [y.register_hook(make_hook(si, ci)) for k, (si, ci, y) in enumerate(targets) if k not in lowset]
+        req = [targets[k] for k in low]
+        try:
+            for t in range(T):
+                last = t == T - 1
+                weighted = check and last
+                loss = (lp[t] * w).sum() if weighted else lp[t].sum()
+                st.update(active=True, t=t, winv=(1.0 / w) if weighted else None, pending={}, error=None)
+                gs = torch.autograd.grad(loss, [y for _, _, y in req], retain_graph=(not last) or check,
+                                         allow_unused=True) if req else []
+                st["active"] = False
+                if st["error"] is not None:
+                    raise st["error"]
+                with torch.no_grad():
+                    for (si, ci, _), g in zip(req, gs):
+                        deliver(si, ci, g)
+                    del gs
+                    for si, gos in st["pending"].items():
+                        process(si, gos)
+                st["pending"] = {}
+        finally:
+            st["active"] = False
+            for h in handles:
+                h.remove()
         if check:
             sq[:, :, T - 1] /= w.double().pow(2)
-            ref = torch.autograd.grad(lp[T - 1].sum(), self.params, allow_unused=True)
-            tol = 1e-8 if lp.dtype == torch.float64 else (1e-3 if lp.dtype == torch.float32 else 3e-2)
+            # retain: a failed check may be retried on the same graph with another reading of ambiguous layouts
+            ref = torch.autograd.grad(lp[T - 1].sum(), self.params, retain_graph=True, allow_unused=True)
+            # float rounding only; a wrong layout or a missed use is off by O(0.1) or more (random weights)
+            tol = 1e-8 if lp.dtype == torch.float64 else (1e-2 if dev.type == "cuda" else 2e-3)
             norms = [0.0 if g is None else float(g.double().norm()) for g in ref]
             total = math.sqrt(sum(n * n for n in norms))
             for i, g in enumerate(ref):
@@ -800,20 +923,6 @@ class _HookEngine:
                                   f"to the autograd gradient (relative error {err / max(norms[i], 1e-300):.2e}); "
                                   "the module may share weights in an unusual way or use an unknown batch layout")
         return sq, None
-
-    def _accumulate(self, gos, t, T, B, sq, sums, winv, budget) -> None:
-        for si, site in enumerate(self.sites):
-            if t == 0:
-                for c in site.calls:
-                    if c.x._version != c.xver or c.yorig._version != c.yver:
-                        raise _LayoutError(f"{site.name}: its input or output was modified in place after the call")
-            for ci, (s, e) in enumerate(site.chunks):
-                q, sm = site.compute(gos[si], B, ci, s, e, None if winv is None else winv[s:e], budget)
-                for a, v in q.items():
-                    sq[self.gidx[site.pidx[a]], s:e, t] += v
-                for a, v in sm.items():
-                    i = site.pidx[a]
-                    sums[i] = v if i not in sums else sums[i] + v
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1096,3 +1205,49 @@ def brute_force_fisher(
                 res[:, n, t - 1] = sqnorms(torch.log_softmax(z, -1)[y])
                 t += 1
         return _finish(res, groups, per_layer, estimator)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracking during training
+
+
+from spiketide.train import Callback  # noqa: E402  (train imports this module lazily: no cycle)
+
+
+class FisherTracker(Callback):
+    """Training callback: temporal Fisher information at epoch 0 and every `every` epochs (and the last).
+
+    Measures on a fixed, seeded, class-balanced subset of the training split without augmentation
+    and adds a `fisher` object (`FisherProfile.to_dict()`) to that epoch's metrics line. Under DDP
+    only rank 0 measures.
+    """
+
+    def __init__(self, every: int, samples: int = 128, estimator: str = "empirical", per_layer: bool = False,
+                 batch_size: int = 64, seed: int = 0):
+        self.every, self.samples, self.estimator = int(every), int(samples), estimator
+        self.per_layer, self.batch_size, self.seed = bool(per_layer), int(batch_size), int(seed)
+        self._data: tuple[Tensor, Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, config) -> "FisherTracker":
+        return cls(config.fisher_every, config.fisher_samples, config.fisher_estimator, config.fisher_per_layer,
+                   config.fisher_batch_size, config.seed)
+
+    def _subset(self, trainer) -> tuple[Tensor, Tensor]:
+        if self._data is None:  # chosen lazily, so a resumed run measures the same images
+            from spiketide import data
+
+            ds = trainer.train_set
+            idx = data.balanced_subset_indices(ds.labels.cpu(), ds.num_classes, min(self.samples, len(ds)),
+                                               seed=self.seed).to(ds.labels.device)
+            self._data = (data.to_float(ds.images[idx]), ds.labels[idx])
+        return self._data
+
+    def on_epoch_end(self, trainer, record: dict) -> None:
+        epoch = record["epoch"]
+        if not trainer.is_main or not (epoch % self.every == 0 or epoch == trainer.config.epochs):
+            return
+        x, y = self._subset(trainer)
+        profile = temporal_fisher(trainer.model, x, y, estimator=self.estimator, per_layer=self.per_layer,
+                                  batch_size=self.batch_size, seed=self.seed + epoch)
+        record["fisher"] = profile.to_dict()
