@@ -11,7 +11,7 @@ from spiketide.runs import RunDir
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "run"
-    code = cli.main(["train", "--model", "convnet", "--dataset", "fashion-mnist", "--subset", "60", "--test-subset", "30",
+    code = cli.main(["train", "--model", "convnet", "--dataset", "fashion-mnist", "--subset", "40", "--test-subset", "20",
                      "-T", "3", "--epochs", "2", "-b", "20", "--lr", "0.1", "--checkpoint-epochs", "0,1",
                      "--fisher-every", "1", "--fisher-samples", "12", "--fisher-per-layer", "--no-progress",
                      "--device", "cpu", "--out", str(out)])

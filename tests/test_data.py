@@ -580,26 +580,6 @@ def test_imageset_validation_and_to():
         ImageSet(torch.zeros(3, 1, 28, 28, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64), "x", 10)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_load_batches_augment(tmp_path):
-    make_fmnist(tmp_path, n_train=40)
-    gpu = load("fashion-mnist", root=tmp_path, subset=20, device="cuda")
-    cpu = load("fashion-mnist", root=tmp_path, subset=20)
-    assert gpu.images.is_cuda and gpu.labels.is_cuda and torch.equal(gpu.images.cpu(), cpu.images)
-    for gen in (torch.Generator().manual_seed(0), torch.Generator("cuda").manual_seed(0), None):
-        seen = []
-        for xb, yb in batches(gpu.images, gpu.labels, 8, shuffle=True, generator=gen, num_replicas=2, rank=1):
-            x = augment(xb, "fashion-mnist", generator=gen)
-            assert x.is_cuda and yb.is_cuda and x.dtype == torch.float32 and x.shape == xb.shape
-            seen.append(len(yb))
-        assert sum(seen) == 10
-    # A CPU generator gives the same batches and augmentation on either device.
-    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
-    a = augment(x, "cifar10", torch.Generator().manual_seed(3))
-    b = augment(x.cuda(), "cifar10", torch.Generator().manual_seed(3))
-    assert torch.equal(a, b.cpu())
-
-
 # ----------------------------------------------------------------------------- real data
 
 

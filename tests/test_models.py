@@ -71,8 +71,8 @@ def test_every_parameter_gets_a_nonzero_gradient(name):
     # Train-mode BN normalises every pre-activation, so a fair share of neurons crosses threshold. A batch of
     # 8 (16 samples for BatchNorm1d after folding T) lets normalised FC currents reach the threshold at all:
     # with only 4 samples a standardised value never exceeds 1.5, short of the 2 a tau=2 neuron needs at t=1.
-    model = _build(name).train()
-    x = _images(8, 3, 32, 32)
+    model = _build(name, 3, 16).train()  # 16x16 keeps the big models quick; every layer still runs
+    x = _images(8, 3, 16, 16)
     y = model(x)
     loss = F.cross_entropy(y.mean(0), torch.arange(8) % 10)
     loss.backward()
@@ -83,13 +83,13 @@ def test_every_parameter_gets_a_nonzero_gradient(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_stateless_between_calls(name):
-    model = _build(name).eval()
-    x = _images(B, 3, 32, 32)
+    model = _build(name, 3, 16).eval()
+    x = _images(B, 3, 16, 16)
     with torch.no_grad():
         a = model(x)
         b = model(x)
         # a different input in between must not leak into the next call either
-        model(_images(B, 3, 32, 32, seed=5))
+        model(_images(B, 3, 16, 16, seed=5))
         c = model(x)
     assert torch.equal(a, b)
     assert torch.equal(a, c)

@@ -356,24 +356,3 @@ def test_to_markdown():
     assert lines[2] == "| low alpha | 92.04 | 69.01 (-23.03) | 58.11 (-33.93) | 77.22 (-14.82) | 74.63 (-17.41) |"
     table = rb.to_markdown_table({"a": res, "b": {**res, "pgd": None}})
     assert len(table.strip().splitlines()) == 4 and "n/a" in table
-
-
-def test_matches_torchattacks_if_available():
-    torchattacks = pytest.importorskip("torchattacks")
-    torch.manual_seed(0)
-    snn = TinyLIF(48, dtype=torch.float64)
-
-    class MeanOut(nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            return self.m(x).mean(0)
-
-    x, y = image_data(16)
-    x = x.double()
-    ref = torchattacks.FGSM(MeanOut(snn), eps=8 / 255)(x, y)
-    assert torch.allclose(rb.fgsm(snn, x, y, 8 / 255), ref)
-    ref = torchattacks.PGD(MeanOut(snn), eps=8 / 255, alpha=2 / 255, steps=5, random_start=False)(x, y)
-    assert torch.allclose(rb.pgd(snn, x, y, 8 / 255, 2 / 255, 5, random_start=False), ref)
