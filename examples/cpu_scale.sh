@@ -11,7 +11,7 @@ common=(--model convnet --dataset fashion-mnist --subset 500 --test-subset 500 -
         --checkpoint-epochs 0,5,20,40)
 for seed in ${SEEDS:-0}; do
   [ -f "$out/ce-s$seed/checkpoints/last.pt" ] || $st train "${common[@]}" --seed "$seed" --out "$out/ce-s$seed"
-  for alpha in 0.1 0.3; do
+  for alpha in ${ALPHAS:-0.1 0.3}; do
     $st train "${common[@]}" --seed "$seed" --loss alpha --alpha "$alpha" --out "$out/alpha$alpha-s$seed"
   done
 done

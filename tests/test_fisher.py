@@ -263,6 +263,26 @@ def test_residual_net_matches_brute_force():
     assert all(float(v.min()) > 0 for v in fast.per_layer.values())
 
 
+def test_convolution_backward_stops_at_the_horizon(conv_data, monkeypatch):
+    """The folded convolutions' backward runs only on the rows of timesteps up to the horizon."""
+    rows = []
+    orig = fisher._tail_rows
+
+    def spy(go, k, B):
+        r = orig(go, k, B)
+        rows.append(r // B)
+        return r
+
+    monkeypatch.setattr(fisher, "_tail_rows", spy)
+    x, y = conv_data
+    m = small_convnet(T=3)
+    fast = no_warnings(temporal_fisher, m, x, y)
+    assert rows[:6] == [1, 1, 2, 2, 3, 3]  # block2 and block1 convolutions for horizons 1, 2, 3
+    monkeypatch.setattr(fisher, "_TAIL_SKIP", False)
+    slow = temporal_fisher(m, x, y)
+    assert rel(fast.trace, slow.trace) < 1e-12
+
+
 def test_true_estimator_draws_are_seeded(conv_data):
     x, y = conv_data
     m = small_convnet()

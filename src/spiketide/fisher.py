@@ -17,25 +17,29 @@ How it is computed (`temporal_fisher`):
   of the lowest recorded outputs (for a built-in model: the stem convolution's). Autograd
   computes every other recorded output's gradient on the way and hands it to a tensor hook,
   which turns it into per-sample squared norms at once, so the output gradients are never
-  all alive together, and no weight gradients are computed (half of a normal backward).
-  Per-sample weight gradients are rebuilt from (input, grad_output) pairs: for
-  convolutions by a strided im2col view (`as_strided`; on CPU much faster than `F.unfold`,
-  and faster than the grouped-convolution trick for the late layers) and one batched
-  matmul per call, or, when it is cheaper, by the Gram identity
-  ||sum_m g_m u_m^T||^2 = sum_{m,m'} (g_m.g_m')(u_m.u_m') whose input half is reused by all
-  T horizons. Row blocks (timesteps) whose output gradient is exactly zero, i.e. those
-  after the horizon, are skipped. Rows are mapped to samples for the layouts an SNN uses: a batch [B, ...]
-  (a module called once per timestep, snnTorch style; the calls are accumulated), the
-  time-major folded batch [T*B, ...] (sample = row % B), [T, B, ...] for Linear/LayerNorm
-  and [T, B, C, H, W] for conv/BN wrappers that fold internally. Work is done in slices of
-  samples so no temporary exceeds ~256 MB.
+  all alive together, and no weight gradients are computed (those are half of a normal
+  backward). A convolution on a time-major folded batch runs its backward only on the rows
+  of timesteps up to the horizon (the later rows' gradient is exactly zero in a causal SNN;
+  `_TailSkipConv`).
+* Per-sample weight gradients are rebuilt from (input, grad_output) pairs: for convolutions
+  by a strided im2col view (`as_strided`; on CPU much faster than `F.unfold`, and faster than
+  the grouped-convolution trick on the larger layers) and one batched matmul per call, or,
+  when cheaper, by the Gram identity ||sum_m g_m u_m^T||^2 = sum_{m,m'} (g_m.g_m')(u_m.u_m'),
+  whose input half is computed once for all T horizons. Row blocks (timesteps) with an
+  all-zero output gradient are skipped. Rows are mapped to samples for the layouts an SNN
+  uses: a batch [B, ...] (a module called once per timestep, snnTorch style; the calls are
+  accumulated before squaring), the time-major folded batch [T*B, ...] (sample = row % B),
+  [T, B, ...] for Linear/LayerNorm and [T, B, C, H, W] for conv/BN wrappers that fold
+  internally. Work is done in slices of samples so no temporary exceeds ~256 MB, and
+  horizon-independent tensors are cached within a budget (1 GB on CPU).
 * Safety net: on the first batch (and whenever the call structure or batch size changes)
   the last horizon's loss is weighted per sample with random weights w_n, and the
   per-sample gradients divided by w_n and summed are compared with the autograd gradient
   of the unweighted loss. That catches missed modules, unusual weight sharing and wrong
-  row-to-sample layouts. If it fails, or if a trainable parameter lives in a module
-  without a per-sample rule, an exact per-sample loop is used instead (one forward per
-  sample, one backward per horizon) and a single warning says why.
+  row-to-sample layouts (an ambiguous one, e.g. [T, B, F] with T == B, is retried with the
+  other reading). If it fails, or if a trainable parameter lives in a module without a
+  per-sample rule, an exact per-sample loop is used instead (one forward per sample, one
+  backward per horizon) and a single warning says why.
 
 Estimators: "empirical" (Eq. 6, dataset labels), "true" (Eq. 5, labels drawn from the
 model's own predictive distribution per horizon) and "batch" (the authors' public code;
@@ -725,22 +729,25 @@ class _TailSkipConv(torch.autograd.Function):
     run only on the leading rows whose output gradient is not all zero: for horizon t, the rows of
     timesteps after t carry zero gradient, and a convolution's rows are independent, so their input
     gradient is exactly zero. For a causal SNN this saves about (T-1)/(2T) of the convolutions'
-    backward work over the T horizons."""
+    backward work over the T horizons. Weight and bias gradients are computed only while
+    `state["params"]` is set (the safety net's reference pass): the horizon passes ask autograd
+    for output gradients alone, and a Python node cannot see that by itself."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, y, geometry, k, B):
+    def forward(ctx, x, weight, bias, y, geometry, k, B, state):
         ctx.save_for_backward(x, weight)
-        ctx.geometry, ctx.k, ctx.B, ctx.has_bias = geometry, k, B, bias is not None
+        ctx.geometry, ctx.k, ctx.B, ctx.has_bias, ctx.state = geometry, k, B, bias is not None, state
         return y.clone()  # a fresh tensor (not a view): later in-place use stays legal and is detected
 
     @staticmethod
     def backward(ctx, go):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_w, need_b = need_w and ctx.state["params"], need_b and ctx.state["params"]
         rows = _tail_rows(go, ctx.k, ctx.B)
         if rows == 0:
             return (torch.zeros_like(x) if need_x else None, torch.zeros_like(weight) if need_w else None,
-                    go.new_zeros(go.shape[1]) if need_b else None, None, None, None, None)
+                    go.new_zeros(go.shape[1]) if need_b else None, None, None, None, None, None)
         stride, padding, dilation, groups = ctx.geometry
         gx, gw, gb = torch.ops.aten.convolution_backward(
             go[:rows], x[:rows], weight, [weight.shape[0]] if ctx.has_bias else None, stride, padding, dilation,
@@ -749,10 +756,10 @@ class _TailSkipConv(torch.autograd.Function):
             full = torch.zeros_like(x)
             full[:rows] = gx
             gx = full
-        return gx if need_x else None, gw if need_w else None, gb if need_b else None, None, None, None, None
+        return gx if need_x else None, gw if need_w else None, gb if need_b else None, None, None, None, None, None
 
 
-def _maybe_tail_skip(m: nn.Module, x: Any, y: Any, B: int) -> Tensor | None:
+def _maybe_tail_skip(m: nn.Module, x: Any, y: Any, B: int, state: dict) -> Tensor | None:
     """`y` rebuilt on a _TailSkipConv node when the call is a plain zero-padded convolution of a
     time-major folded batch with more than one row block; None otherwise."""
     if not (isinstance(x, Tensor) and isinstance(y, Tensor) and torch.is_grad_enabled()):
@@ -765,7 +772,7 @@ def _maybe_tail_skip(m: nn.Module, x: Any, y: Any, B: int) -> Tensor | None:
     if x.dtype != w.dtype or y.dtype != w.dtype or (b is not None and b.dtype != w.dtype):
         return None
     geometry = (list(m.stride), list(m.padding), list(m.dilation), m.groups)
-    return _TailSkipConv.apply(x, w, b, y.detach(), geometry, x.shape[0] // B, B)
+    return _TailSkipConv.apply(x, w, b, y.detach(), geometry, x.shape[0] // B, B, state)
 
 
 class _HookEngine:
@@ -798,6 +805,7 @@ class _HookEngine:
             self.sites.append(_Site(name or "<root>", mod, kind, pidx))
         self.capturing = False
         self.tail_skip = _TAIL_SKIP
+        self.grad_state = {"params": False}  # read by _TailSkipConv.backward
         self.B = 0
         self.handles: list[Any] = []
         self.choice: dict[tuple[int, int], tuple] = {}
@@ -821,7 +829,7 @@ class _HookEngine:
                 return None
             x = args[0] if args else kwargs.get("input", next(iter(kwargs.values()), None))
             if site.kind == "conv" and self.tail_skip:
-                rebuilt = _maybe_tail_skip(mod, x, out, self.B)
+                rebuilt = _maybe_tail_skip(mod, x, out, self.B, self.grad_state)
                 out = out if rebuilt is None else rebuilt
             site.raw.append((x, out, getattr(x, "_version", None), getattr(out, "_version", None)))
             return out
@@ -978,7 +986,11 @@ class _HookEngine:
         if check:
             sq[:, :, T - 1] /= w.double().pow(2)
             # retain: a failed check may be retried on the same graph with another reading of ambiguous layouts
-            ref = torch.autograd.grad(lp[T - 1].sum(), self.params, retain_graph=True, allow_unused=True)
+            self.grad_state["params"] = True
+            try:
+                ref = torch.autograd.grad(lp[T - 1].sum(), self.params, retain_graph=True, allow_unused=True)
+            finally:
+                self.grad_state["params"] = False
             # float rounding only; a wrong layout or a missed use is off by O(0.1) or more (random weights)
             tol = 1e-8 if lp.dtype == torch.float64 else (1e-2 if dev.type == "cuda" else 2e-3)
             norms = [0.0 if g is None else float(g.double().norm()) for g in ref]

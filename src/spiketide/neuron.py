@@ -125,7 +125,8 @@ class _FusedLIF(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, tau, v_threshold, detach_reset):
-        s, h = _compiled_fn("fwd")(x, tau, v_threshold)
+        # detach: the compiled graph then does not depend on requires_grad (one graph per T, not two)
+        s, h = _compiled_fn("fwd")(x.detach(), tau, v_threshold)
         ctx.save_for_backward(h)
         ctx.params = (tau, v_threshold, detach_reset)
         return s
