@@ -8,4 +8,6 @@ information trace and its centroid (Eq. 3-7), the Fisher-controlling alpha-loss
 
 __version__ = "0.1.0"
 
-from spiketide.errors import SpiketideError  # noqa: E402,F401
+from spiketide.errors import SpiketideError  # noqa: E402
+
+__all__ = ["SpiketideError", "__version__"]

@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spiketide import __version__
 from spiketide.errors import ConfigError, SpiketideError
+
+if TYPE_CHECKING:
+    from spiketide.train import TrainConfig
 
 
 def _positive_int(s: str) -> int:

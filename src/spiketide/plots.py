@@ -73,7 +73,8 @@ def plot_fig1(records: list[dict], epochs: list[int] | None = None, title: str |
         t = np.arange(1, len(trace) + 1)
         err = np.asarray(f.get("stderr") or np.zeros_like(trace), dtype=float)
         ax_t.errorbar(t, trace, yerr=err, fmt="o-", color=c, capsize=3, lw=1.5, ms=4, label=f"epoch {e}")
-        ax_t.axvline(f["centroid"], color=c, ls=":", lw=1.2)
+        if f.get("centroid") is not None:  # None when the trace is all zero
+            ax_t.axvline(f["centroid"], color=c, ls=":", lw=1.2)
     ax_t.set_xlabel("timestep t")
     ax_t.set_ylabel(r"Fisher information $I_t$ (Eq. 6)")
     ax_t.set_xticks(t)
