@@ -55,7 +55,7 @@ def plot_fig1(records: list[dict], epochs: list[int] | None = None, title: str |
     if not epochs:  # start, the centroid's peak, and the epochs after it where concentration happens
         peak = max(all_epochs, key=lambda e: by_epoch[e]["centroid"] or 0)
         after = [e for e in all_epochs if e > peak]
-        epochs = sorted({all_epochs[0], peak, *pick_epochs(after, 2)}) if after else pick_epochs(all_epochs)
+        epochs = sorted({all_epochs[0], peak, after[len(after) // 2], after[-1]}) if after else pick_epochs(all_epochs)
     shown = epochs
     fig = Figure(figsize=(10, 3.6))
     ax_ic, ax_t = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
