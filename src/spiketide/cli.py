@@ -209,6 +209,15 @@ def _eval_data(config, split: str, samples: int | None, seed: int, data_root: st
     return data.load(config.dataset, split, root=data_root or config.data_root, subset=samples, seed=seed, device=device)
 
 
+def _load_with_data(ckpt: Path, args, split: str, samples: int | None, device):
+    """A checkpoint's model and config, plus the class-balanced evaluation images its dataset gives."""
+    from spiketide.train import load_model
+
+    model, config, state = load_model(ckpt, device)
+    ds = _eval_data(config, split, samples, args.seed, args.data_root, device)
+    return model, config, state, ds
+
+
 def _write_json(path: Path, obj) -> None:
     from spiketide.runs import atomic_write_json
 
@@ -219,14 +228,13 @@ def _write_json(path: Path, obj) -> None:
 def cmd_fisher(args) -> int:
     from spiketide import data, plots
     from spiketide.fisher import temporal_fisher
-    from spiketide.train import load_model, select_device
+    from spiketide.train import select_device
 
     device = select_device(args.device)
     ckpts, out_dir = _checkpoints_of(args.path)
     results = []
     for ckpt in ckpts:
-        model, config, state = load_model(ckpt, device)
-        ds = _eval_data(config, args.split, args.samples, args.seed, args.data_root, device)
+        model, config, state, ds = _load_with_data(ckpt, args, args.split, args.samples, device)
         prof = temporal_fisher(model, data.to_float(ds.images), ds.labels, estimator=args.estimator,
                                per_layer=args.per_layer, batch_size=args.batch_size, seed=args.seed,
                                progress=args.progress)
@@ -245,14 +253,13 @@ def cmd_fisher(args) -> int:
 
 def cmd_deficits(args) -> int:
     from spiketide import plots, robustness
-    from spiketide.train import load_model, select_device
+    from spiketide.train import select_device
 
     device = select_device(args.device)
     ckpts, out_dir = _checkpoints_of(args.path)
     entries = []
     for ckpt in ckpts:
-        model, config, state = load_model(ckpt, device)
-        ds = _eval_data(config, "test", args.samples, args.seed, args.data_root, device)
+        model, config, state, ds = _load_with_data(ckpt, args, "test", args.samples, device)
         r = robustness.time_window_deficits(model, ds.images, ds.labels, window=args.window, noise_ratio=args.noise_ratio,
                                             batch_size=args.batch_size, seed=args.seed, progress=args.progress)
         r.update(checkpoint=str(ckpt), epoch=state.get("epoch"))
@@ -270,13 +277,12 @@ def cmd_deficits(args) -> int:
 def cmd_robustness(args) -> int:
     from spiketide import robustness
     from spiketide.runs import atomic_write_text
-    from spiketide.train import load_model, select_device
+    from spiketide.train import select_device
 
     device = select_device(args.device)
     ckpts, out_dir = _checkpoints_of(args.checkpoint)
     ckpt = ckpts[-1] if Path(args.checkpoint).is_dir() else ckpts[0]
-    model, config, state = load_model(ckpt, device)
-    ds = _eval_data(config, "test", args.samples, args.seed, args.data_root, device)
+    model, config, state, ds = _load_with_data(ckpt, args, "test", args.samples, device)
     print(f"{ckpt}: {len(ds)} test images; PGD eps {args.eps:.4g}, step {args.pgd_step:.4g}, {args.pgd_iters} iterations, "
           f"random start {'on' if args.random_start else 'off'}")
     result = robustness.evaluate(model, ds.images, ds.labels, batch_size=args.batch_size, eps=args.eps,
@@ -312,13 +318,12 @@ def cmd_early_exit(args) -> int:
     from spiketide import early_exit
     from spiketide.fisher import temporal_fisher
     from spiketide import data
-    from spiketide.train import load_model, select_device
+    from spiketide.train import select_device
 
     device = select_device(args.device)
     ckpts, out_dir = _checkpoints_of(args.checkpoint)
     ckpt = ckpts[-1]
-    model, config, state = load_model(ckpt, device)
-    ds = _eval_data(config, "test", args.samples, args.seed, args.data_root, device)
+    model, config, state, ds = _load_with_data(ckpt, args, "test", args.samples, device)
     curve = early_exit.exit_curve(model, ds.images, ds.labels, thresholds=args.thresholds, batch_size=args.batch_size)
     train = _eval_data(config, "train", args.fisher_samples, args.seed, args.data_root, device)
     prof = temporal_fisher(model, data.to_float(train.images), train.labels, batch_size=64, seed=args.seed)

@@ -142,15 +142,14 @@ def summarize(curve: dict[str, Any], fisher_trace: Any = None, tolerance: float 
 
 def plot_exit_curve(curve: dict[str, Any], path_without_suffix: str | Path) -> list[Path]:
     """Save accuracy vs mean timesteps (per threshold) beside fixed-T accuracy vs T, as PNG and PDF."""
-    # Figure + Agg canvas directly: no pyplot, so the global backend is never switched.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from spiketide.plots import save
 
     T = int(curve["T"])
     ts = list(range(1, T + 1))
     fixed = [100 * a for a in curve["fixed_T_accuracy"]]
     fig = Figure(figsize=(10, 4), constrained_layout=True)
-    FigureCanvasAgg(fig)
     ax_exit, ax_fixed = fig.subplots(1, 2)
     ax_exit.plot(ts, fixed, "--", color="0.6", label="fixed horizon t")
     ax_exit.plot(curve["mean_timesteps"], [100 * a for a in curve["accuracy"]], "o-", label="early exit")
@@ -163,9 +162,4 @@ def plot_exit_curve(curve: dict[str, Any], path_without_suffix: str | Path) -> l
     for ax in (ax_exit, ax_fixed):
         ax.set_xlim(0.5, T + 0.5)
         ax.grid(alpha=0.3)
-    base = Path(path_without_suffix)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    paths = [Path(f"{base}.png"), Path(f"{base}.pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    return paths
+    return save(fig, path_without_suffix)  # PNG + PDF, atomic, no pyplot

@@ -26,7 +26,7 @@ def save(fig: Figure, path_without_suffix: str | Path) -> list[Path]:
     base.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for suffix in (".png", ".pdf"):
-        p = base.with_suffix(suffix)
+        p = base.with_name(base.name + suffix)  # not with_suffix: keep dots in names like "exit.v1"
         tmp = p.with_name(f".{p.name}.tmp{suffix}")
         fig.savefig(tmp, dpi=200, bbox_inches="tight")
         tmp.replace(p)  # atomic: a half-drawn figure never replaces a good one
