@@ -16,7 +16,7 @@ from torch import nn
 
 from spiketide.errors import ConfigError
 
-__all__ = ["ArcTanSpike", "spike", "lif_step", "lif_scan", "LIF", "set_fast_path", "fast_path_enabled"]
+__all__ = ["ArcTanSpike", "spike", "lif_step", "lif_scan", "LIF", "check_tau", "default_fast"]
 
 
 class ArcTanSpike(torch.autograd.Function):
@@ -67,17 +67,18 @@ def lif_scan(x: torch.Tensor, tau: float, v_threshold: float = 1.0, detach_reset
     return torch.stack(out)
 
 
-_FAST = os.environ.get("SPIKETIDE_NO_COMPILE", "") in ("", "0")
+def check_tau(tau: float) -> float:
+    """Eq. 1 divides by tau: any finite non-zero value is allowed (the paper uses 0.75, 2 and 4)."""
+    tau = float(tau)
+    if tau == 0 or not math.isfinite(tau):
+        raise ConfigError(f"LIF time constant tau must be a finite non-zero number, got {tau}: Eq. 1 divides by tau "
+                          "(the paper uses 0.75, 2 and 4).")
+    return tau
 
 
-def set_fast_path(enabled: bool) -> None:
-    """Switch the compiled LIF scan on or off for the whole process (env: SPIKETIDE_NO_COMPILE=1)."""
-    global _FAST
-    _FAST = bool(enabled)
-
-
-def fast_path_enabled() -> bool:
-    return _FAST
+def default_fast() -> bool:
+    """The default of `LIF(fast=None)`: the compiled scan, unless the environment sets SPIKETIDE_NO_COMPILE=1."""
+    return os.environ.get("SPIKETIDE_NO_COMPILE", "") in ("", "0")
 
 
 def _scan_forward(x: torch.Tensor, tau: float, v_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,42 +138,27 @@ class _FusedLIF(torch.autograd.Function):
         return _compiled_fn("bwd")(grad_s.contiguous(), h, *ctx.params), None, None, None
 
 
-def _fast_scan(x: torch.Tensor, tau: float, v_threshold: float, detach_reset: bool) -> torch.Tensor:
-    global _FAST
-    try:
-        return _FusedLIF.apply(x, tau, v_threshold, detach_reset)
-    except Exception as exc:  # no compiler or a backend failure: the plain loop is always correct
-        _FAST = False
-        warnings.warn(
-            f"spiketide: compiled LIF scan unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "using the plain step loop. Set SPIKETIDE_NO_COMPILE=1 to silence this.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return lif_scan(x, tau, v_threshold, detach_reset)
-
-
 class LIF(nn.Module):
     """Multi-step LIF neuron (Eq. 1) with arctan surrogate (Eq. 2): currents [T, B, ...] -> spikes [T, B, ...].
 
     tau may be any non-zero float. For tau < 1 the leak factor (1 - 1/tau) is negative
     (tau = 0.75 gives -1/3, Fig. 4b): the membrane potential flips sign each step instead of
     decaying. For tau = 1 the neuron has no memory. No state survives a forward call.
-    `fast=True` uses the compiled scan when available (identical spikes, gradients to float
-    rounding); `fast=False` always runs the plain step loop.
+    `fast=True` uses the compiled scan (identical spikes, gradients to float rounding);
+    `fast=False` always runs the plain step loop; `fast=None` takes `default_fast()`. If
+    compilation fails, this module warns once and runs the step loop from then on.
     """
 
-    def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, detach_reset: bool = True, fast: bool = True):
+    def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, detach_reset: bool = True,
+                 fast: bool | None = None):
         super().__init__()
-        tau = float(tau)
-        if tau == 0 or not math.isfinite(tau):
-            raise ConfigError(f"LIF time constant tau must be a finite non-zero number, got {tau}: Eq. 1 divides by tau.")
+        self.tau = check_tau(tau)
         if not math.isfinite(float(v_threshold)):
             raise ConfigError(f"LIF v_threshold must be finite, got {v_threshold}.")
-        self.tau = tau
         self.v_threshold = float(v_threshold)
         self.detach_reset = bool(detach_reset)
-        self.fast = bool(fast)
+        self.fast = default_fast() if fast is None else bool(fast)
+        self._compile_failed = False  # a fact about this machine, not neuron state: forward stays stateless
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2:
@@ -180,11 +166,16 @@ class LIF(nn.Module):
         dtype = x.dtype
         if dtype in (torch.float16, torch.bfloat16):
             x = x.float()  # integrate the membrane in float32; bf16 would lose sub-threshold increments
-        if self.fast and _FAST and not torch.compiler.is_compiling():
-            s = _fast_scan(x, self.tau, self.v_threshold, self.detach_reset)
-        else:
-            s = lif_scan(x, self.tau, self.v_threshold, self.detach_reset)
-        return s.to(dtype)
+        if self.fast and not self._compile_failed and not torch.compiler.is_compiling():
+            try:
+                return _FusedLIF.apply(x, self.tau, self.v_threshold, self.detach_reset).to(dtype)
+            except Exception as exc:  # no compiler or a backend failure: the plain loop is always correct
+                self._compile_failed = True
+                warnings.warn(
+                    f"spiketide: compiled LIF scan unavailable ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); using the plain step loop. "
+                    "Set SPIKETIDE_NO_COMPILE=1 or fast_lif=False to silence this.", RuntimeWarning, stacklevel=2)
+        return lif_scan(x, self.tau, self.v_threshold, self.detach_reset).to(dtype)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, v_threshold={self.v_threshold}, detach_reset={self.detach_reset}, fast={self.fast}"

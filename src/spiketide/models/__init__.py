@@ -8,6 +8,7 @@ from torch import nn
 
 from spiketide.errors import ConfigError
 from spiketide.models.base import SpikingModel, fold
+from spiketide.neuron import LIF
 
 __all__ = ["create", "register", "available", "SpikingModel", "fold"]
 
@@ -29,9 +30,10 @@ def available() -> list[str]:
 
 
 def create(name: str, *, num_classes: int, timesteps: int, tau: float = 2.0, in_channels: int = 3,
-           image_size: int = 32, **kwargs) -> SpikingModel:
+           image_size: int = 32, fast_lif: bool | None = None, **kwargs) -> SpikingModel:
     """Build a registered SNN: pixels [B, C, H, W] or [T, B, C, H, W] in [0, 1] -> logits [T, B, num_classes].
 
+    `fast_lif` picks the compiled LIF scan for every neuron of this model (None: `neuron.default_fast()`).
     kwargs: `mean`, `std` (per-channel normalisation, pixel units) and model-specific options.
     """
     if name not in _REGISTRY:
@@ -40,10 +42,13 @@ def create(name: str, *, num_classes: int, timesteps: int, tau: float = 2.0, in_
         raise ConfigError(f"timesteps T must be >= 1, got {timesteps}")
     if int(num_classes) < 2:
         raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
-    if float(tau) == 0:
-        raise ConfigError("tau must be non-zero: Eq. 1 divides by tau (the paper uses 0.75, 2 and 4)")
-    return _REGISTRY[name](num_classes=num_classes, timesteps=timesteps, tau=tau, in_channels=in_channels,
-                           image_size=image_size, **kwargs)
+    model = _REGISTRY[name](num_classes=num_classes, timesteps=timesteps, tau=tau, in_channels=in_channels,
+                            image_size=image_size, **kwargs)
+    if fast_lif is not None:
+        for m in model.modules():
+            if isinstance(m, LIF):
+                m.fast = bool(fast_lif)
+    return model
 
 
 def _register_builtin() -> None:

@@ -45,18 +45,16 @@ class SpikingModel(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise and apply the stem: [B, C, H, W] -> [T, B, ...] repeated, or [T, B, C, H, W] -> [T, B, ...]."""
-        if x.dim() == 4:
-            if x.shape[1] != self.in_channels:
-                raise ValueError(f"expected {self.in_channels} input channels, got input shape {tuple(x.shape)}")
+        size = (self.in_channels, self.image_size, self.image_size)
+        if x.dim() == 4 and tuple(x.shape[1:]) == size:
             z = self.stem((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
             return z.unsqueeze(0).expand(self.timesteps, *z.shape)
-        if x.dim() == 5:
-            if x.shape[0] != self.timesteps or x.shape[2] != self.in_channels:
-                raise ValueError(
-                    f"per-timestep input must be [T={self.timesteps}, B, {self.in_channels}, H, W], got {tuple(x.shape)}"
-                )
+        if x.dim() == 5 and x.shape[0] == self.timesteps and tuple(x.shape[2:]) == size:
             return fold(self.stem, (x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
-        raise ValueError(f"expected images [B, C, H, W] or [T, B, C, H, W], got shape {tuple(x.shape)}")
+        # A wrong size would still give logits (adaptive pooling) that mean nothing: refuse it.
+        raise ConfigError(f"this model takes images [B, {', '.join(map(str, size))}] or per-timestep inputs "
+                          f"[T={self.timesteps}, B, {', '.join(map(str, size))}]; got shape {tuple(x.shape)}. "
+                          "Build it with the dataset's channels and image_size.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(self.encode(x))
