@@ -202,7 +202,6 @@ def bench_lif(device: torch.device, quick: bool, repeats: int, profile_it: bool)
     x0 = (torch.randn(shape, generator=g) * 2.0).to(device)  # ~ BN output scale: a few % .. 30% firing
     gout = torch.randn(shape, generator=g).to(device)
     reset_compiled()
-    neuron.set_fast_path(True)
     lif = neuron.LIF(tau, vth, detach_reset=True, fast=True)
 
     xf = x0.clone().requires_grad_(True)
@@ -223,7 +222,7 @@ def bench_lif(device: torch.device, quick: bool, repeats: int, profile_it: bool)
 
     # first call compiles forward and backward; a second, steady-state call gives the compile cost
     t_first = timed(fast, device)
-    res["fast_path_active"] = neuron.fast_path_enabled()
+    res["fast_path_active"] = not lif._compile_failed
     t_second = timed(fast, device)
     res["first_call_s"] = t_first
     res["compile_s"] = max(0.0, t_first - t_second)
@@ -278,6 +277,11 @@ def replace_lif(model: nn.Module, make) -> int:
     return n
 
 
+def fast_active(model: nn.Module) -> bool:
+    """Every LIF of the model asked for the compiled scan and none fell back to the step loop."""
+    return all(m.fast and not m._compile_failed for m in model.modules() if isinstance(m, neuron.LIF))
+
+
 def set_lif_fast(model: nn.Module, fast: bool) -> int:
     n = 0
     for m in model.modules():
@@ -313,9 +317,8 @@ def random_batch(b: int, c: int, size: int, classes: int, device: torch.device, 
 def bench_convnet(device: torch.device, quick: bool, repeats: int, profile_it: bool) -> dict:
     B, T = (16, 4) if quick else (128, 6)
     reset_compiled()
-    neuron.set_fast_path(True)
     torch.manual_seed(ARGS.seed)
-    snn = models.create("convnet", num_classes=10, timesteps=T, in_channels=1, image_size=28).to(device).train()
+    snn = models.create("convnet", num_classes=10, timesteps=T, in_channels=1, image_size=28, fast_lif=True).to(device).train()
     plain = copy.deepcopy(snn)
     n_lif = set_lif_fast(plain, False)
     relu = copy.deepcopy(snn)
@@ -328,7 +331,7 @@ def bench_convnet(device: torch.device, quick: bool, repeats: int, profile_it: b
     res: dict = {"batch": B, "timesteps": T, "lif_modules": n_lif,
                  "params": sum(p.numel() for p in snn.parameters())}
     t_first = timed(steps["snn_fast"], device)
-    res["fast_path_active"] = neuron.fast_path_enabled()
+    res["fast_path_active"] = fast_active(snn)
     t_second = timed(steps["snn_fast"], device)
     res["snn_fast_first_step_s"] = t_first
     res["compile_s"] = max(0.0, t_first - t_second)
@@ -353,15 +356,14 @@ def bench_convnet(device: torch.device, quick: bool, repeats: int, profile_it: b
 def bench_resnet19(device: torch.device, quick: bool) -> dict:
     B, T, repeats = (2, 2, 1) if quick else (16, 4, 3)
     reset_compiled()
-    neuron.set_fast_path(True)
     torch.manual_seed(ARGS.seed)
-    model = models.create("resnet19", num_classes=10, timesteps=T, in_channels=3, image_size=32).to(device).train()
+    model = models.create("resnet19", num_classes=10, timesteps=T, in_channels=3, image_size=32, fast_lif=True).to(device).train()
     x, y = random_batch(B, 3, 32, 10, device, ARGS.seed)
     step = make_step(model, sgd(model), x, y)
     t_first = timed(step, device)  # compiles every LIF shape
     times = [timed(step, device) for _ in range(repeats + 1)][1:]  # one more warm-up step
     med = statistics.median(times)
-    return {"batch": B, "timesteps": T, "fast_path_active": neuron.fast_path_enabled(),
+    return {"batch": B, "timesteps": T, "fast_path_active": fast_active(model),
             "params": sum(p.numel() for p in model.parameters()),
             "first_step_s": t_first, "compile_s": max(0.0, t_first - med), "step": summary(times),
             "images_per_s": B / med, "image_timesteps_per_s": B * T / med}
@@ -380,7 +382,6 @@ def bench_epoch(device: torch.device, quick: bool, loop: str) -> dict:
         n, T, B = ARGS.epoch_images or 50_000, 10, 128
     amp = device.type == "cuda"  # bf16 autocast as in spiketide.train (CUDA only)
     reset_compiled()
-    neuron.set_fast_path(True)
     torch.manual_seed(ARGS.seed)
     g = torch.Generator(device="cpu").manual_seed(ARGS.seed)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
@@ -400,7 +401,7 @@ def bench_epoch(device: torch.device, quick: bool, loop: str) -> dict:
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
 
     for which in loops:
-        model = models.create("resnet19", num_classes=10, timesteps=T, in_channels=3, image_size=32).to(device)
+        model = models.create("resnet19", num_classes=10, timesteps=T, in_channels=3, image_size=32, fast_lif=True).to(device)
         if which == "trainer":
             config = TrainConfig(model="resnet19", dataset="cifar10", timesteps=T, batch_size=B, epochs=1,
                                  lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="constant", device=str(device),
@@ -451,7 +452,7 @@ def bench_epoch(device: torch.device, quick: bool, loop: str) -> dict:
             extra = {"last_loss": float(last.item())}
         log(f"(d) {which} loop: epoch {secs:.1f} s")
         res[which] = {"epoch_s": secs, "images_per_s": n / secs, "step_s": secs / steps,
-                      "warmup_s": t_warm, "fast_path_active": neuron.fast_path_enabled(), **extra}
+                      "warmup_s": t_warm, "fast_path_active": fast_active(model), **extra}
         del model
         reset_compiled()
     if device.type == "cuda":

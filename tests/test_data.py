@@ -1,4 +1,4 @@
-"""Tests for spiketide.data: native-format readers, errors, downloads, subsets, augmentation, batching."""
+"""Tests for spiketide.data: native-format readers, errors, data roots, downloads, subsets, augmentation, batching."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from spiketide.data import (
     augment,
     balanced_subset_indices,
     batches,
-    batches_per_epoch,
     dataset_info,
     fetch,
     load,
@@ -33,6 +32,7 @@ from spiketide.data import (
     to_float,
     verify_checksum,
 )
+from spiketide import evaluation
 from spiketide.errors import ConfigError, DataError
 
 FMNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
@@ -310,9 +310,76 @@ def test_svhn_corrupt(tmp_path):
         load("svhn", root=tmp_path)
 
 
-def test_not_found_without_download(tmp_path):
-    with pytest.raises(DataError, match=r"cifar10 test split not found.*SPIKETIDE_DATA.*download=True"):
-        load("cifar10", "test", root=tmp_path, download=False)
+def test_not_found_without_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPIKETIDE_DATA", str(tmp_path / "env"))
+    with pytest.raises(DataError, match=r"cifar10 test split not found.*test_batch.*SPIKETIDE_DATA.*download=True"):
+        load("cifar10", "test", download=False)
+
+
+# ----------------------------------------------------------------------------- explicit data root
+
+
+def test_nonexistent_root_is_an_error_not_a_fallback(tmp_path):
+    """Used to load the system Fashion-MNIST silently while config.json recorded the missing root."""
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(ConfigError, match=rf"--data-root {missing} does not exist; create it or omit --data-root"):
+        load("fashion-mnist", "test", root=missing)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match="is not a folder"):
+        load("fashion-mnist", "test", root=tmp_path / "a-file")
+
+
+def test_empty_root_never_loads_the_system_copy(tmp_path):
+    with pytest.raises(DataError, match=rf"fashion-mnist test split not found.*t10k-images-idx3-ubyte\.gz.*"
+                                        rf"in {tmp_path}.*put the files into {tmp_path}") as exc:
+        load("fashion-mnist", "test", root=tmp_path, download=False)
+    assert str(FMNIST_SYSTEM) not in str(exc.value)
+    with pytest.raises(DataError, match=rf"{tmp_path}"):
+        data.locate("fashion-mnist", "test", root=tmp_path, download=False)
+
+
+def _fmnist_mirror(tmp_path: Path, monkeypatch, reachable: bool = True) -> dict:
+    """Point the Fashion-MNIST sources at file:// copies of tiny files (or at files that are not there)."""
+    ref = make_fmnist(tmp_path / "mirror", seed=9)
+    remotes = tuple(data.Remote(r.fname, (tmp_path / "mirror" / r.fname).as_uri(), "md5:" + md5(tmp_path / "mirror" / r.fname),
+                                r.provides) for r in data.SOURCES["fashion-mnist"])
+    if not reachable:
+        remotes = tuple(data.Remote(r.fname, (tmp_path / "offline" / r.fname).as_uri(), r.known_hash, r.provides)
+                        for r in remotes)
+    monkeypatch.setitem(data.SOURCES, "fashion-mnist", remotes)
+    return ref
+
+
+def test_empty_root_downloads_into_it(tmp_path, monkeypatch):
+    ref = _fmnist_mirror(tmp_path, monkeypatch)
+    root = tmp_path / "root"
+    root.mkdir()
+    s = load("fashion-mnist", "test", root=root)
+    assert torch.equal(s.images[:, 0], torch.from_numpy(ref["test"][0]))  # the mirror's, not the system copy
+    assert (root / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").is_file()
+    assert not (tmp_path / "xdg-cache").exists()  # nothing went to the cache
+    assert data.locate("fashion-mnist", "train", root=root) == root / "fashion-mnist"  # downloads the rest
+
+
+def test_empty_root_without_network_names_the_expected_files(tmp_path, monkeypatch):
+    _fmnist_mirror(tmp_path, monkeypatch, reachable=False)
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(DataError, match=rf"fashion-mnist test split not found \(looked for t10k-images-idx3-ubyte\.gz, "
+                                        rf"t10k-labels-idx1-ubyte\.gz in {root}.*cannot download .*manually into "
+                                        rf"{root / 'fashion-mnist'}"):
+        load("fashion-mnist", "test", root=root)
+
+
+def test_cifar_download_into_root(tmp_path, monkeypatch):
+    archive, (_, _, test_x, _) = _cifar_archive(tmp_path)
+    remote = data.Remote(archive.name, archive.as_uri(), "md5:" + md5(archive),
+                         data.SOURCES["cifar10"][0].provides, extract=True)
+    monkeypatch.setitem(data.SOURCES, "cifar10", (remote,))
+    (tmp_path / "root").mkdir()
+    t = load("cifar10", "test", root=tmp_path / "root")
+    assert torch.equal(t.images, torch.from_numpy(test_x))
+    assert (tmp_path / "root" / "cifar10" / "cifar-10-batches-py" / "test_batch").is_file()
 
 
 def test_bad_arguments(tmp_path):
@@ -452,12 +519,11 @@ def test_subset_with_scarce_class_fills_from_others():
 # ----------------------------------------------------------------------------- augmentation
 
 
-def test_to_float():
+def test_to_float_is_the_evaluation_one():
+    assert to_float is evaluation.to_float
     x = torch.tensor([0, 51, 255], dtype=torch.uint8).reshape(1, 1, 1, 3)
     y = to_float(x)
     assert y.dtype == torch.float32 and torch.allclose(y.flatten(), torch.tensor([0.0, 0.2, 1.0]))
-    with pytest.raises(ConfigError, match="uint8"):
-        to_float(y)
 
 
 @pytest.mark.parametrize("name", list(DATASETS))
@@ -532,34 +598,13 @@ def test_batches_cover_each_index_once():
     g = torch.Generator().manual_seed(0)
     again = torch.cat([yb for _, yb in batches(images, labels, 5, shuffle=True, generator=g)])
     assert torch.equal(order, again)
-    dropped = list(batches(images, labels, 5, shuffle=False, drop_last=True))
-    assert len(dropped) == 4 == batches_per_epoch(n, 5, drop_last=True)
-    assert torch.cat([yb for _, yb in dropped]).tolist() == list(range(20))
-
-
-@pytest.mark.parametrize("n", [24, 26])
-def test_ddp_shards_are_disjoint_and_cover(n):
-    world, bs = 3, 4
-    images = torch.zeros(n, 1, 2, 2, dtype=torch.uint8)
-    labels = torch.arange(n)
-    shards, counts = [], []
-    for rank in range(world):
-        g = torch.Generator().manual_seed(42)  # same seed on every rank
-        got = list(batches(images, labels, bs, shuffle=True, generator=g, num_replicas=world, rank=rank))
-        counts.append(len(got))
-        shards.append(torch.cat([yb for _, yb in got]).tolist())
-    assert len(set(counts)) == 1 and counts[0] == batches_per_epoch(n, bs, num_replicas=world)
-    assert all(len(s) == n // world for s in shards)
-    union = [i for s in shards for i in s]
-    assert len(set(union)) == len(union) == n - n % world  # disjoint
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(42))
-    assert set(union) == set(perm[: n - n % world].tolist())
+    assert torch.equal(order, torch.randperm(n, generator=torch.Generator().manual_seed(0)))  # one randperm
+    in_order = torch.cat([yb for _, yb in batches(images, labels, 5, shuffle=False)])
+    assert in_order.tolist() == list(range(n))
 
 
 def test_batches_bad_arguments():
     x, y = torch.zeros(4, 1, 1, 1, dtype=torch.uint8), torch.arange(4)
-    with pytest.raises(ConfigError, match="rank"):
-        batches(x, y, 2, shuffle=False, num_replicas=2, rank=2)
     with pytest.raises(ConfigError, match="batch_size"):
         batches(x, y, 0, shuffle=False)
     with pytest.raises(ConfigError, match="3 labels"):
@@ -571,7 +616,7 @@ def test_batches_bad_arguments():
 
 def test_imageset_validation_and_to():
     s = ImageSet(torch.zeros(3, 1, 28, 28, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64), "fashion-mnist", 10)
-    assert len(s) == 3 and s.info.channels == 1
+    assert len(s) == 3
     moved = s.to("cpu")
     assert moved.images.device.type == "cpu" and moved.name == s.name
     with pytest.raises(ConfigError, match="uint8"):

@@ -126,7 +126,9 @@ def test_summarize_with_fisher():
         ee.summarize(c, fisher_trace=[0, 0, 0, 0])
 
 
-def test_plot_exit_curve(tmp_path):
-    paths = ee.plot_exit_curve(known_curve(), tmp_path / "sub" / "exit.v1")
+def test_exit_curve_figure(tmp_path):
+    from spiketide import plots
+
+    paths = plots.save(ee.exit_curve_figure(known_curve()), tmp_path / "sub" / "exit.v1")
     assert [p.name for p in paths] == ["exit.v1.png", "exit.v1.pdf"]
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)

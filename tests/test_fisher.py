@@ -11,20 +11,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spiketide import fisher, neuron
 from spiketide.errors import ConfigError, ModelOutputError
+from spiketide.evaluation import to_float
 from spiketide.fisher import (
     FisherProfile,
-    _sample_true_labels,
     brute_force_fisher,
+    cumulative_share,
+    engine,
+    horizon_for_share,
     information_centroid,
     temporal_fisher,
 )
+from spiketide.fisher.reference import sample_true_labels
 from spiketide.losses import horizon_logits
 from spiketide.models import create
 from spiketide.neuron import lif_scan, spike
-
-neuron.set_fast_path(False)
 
 RTOL = 1e-6
 
@@ -35,7 +36,8 @@ RTOL = 1e-6
 
 def small_convnet(T: int = 3, C: int = 5) -> nn.Module:
     torch.manual_seed(0)
-    m = create("convnet", num_classes=C, timesteps=T, in_channels=1, image_size=12, widths=(4, 8, 8)).double()
+    m = create("convnet", num_classes=C, timesteps=T, in_channels=1, image_size=12, widths=(4, 8, 8),
+               fast_lif=False).double()
     # non-trivial BN statistics and enough drive that every layer spikes and carries gradient
     for mod in m.modules():
         if isinstance(mod, nn.BatchNorm2d):
@@ -208,7 +210,7 @@ def test_convnet_matches_brute_force(conv_data, conv_ref, estimator):
         m.eval()
         with torch.no_grad():
             h = horizon_logits(m(x))
-        kw["labels"] = _sample_true_labels(h, torch.Generator().manual_seed(7))  # the draws, fixed
+        kw["labels"] = sample_true_labels(h, torch.Generator().manual_seed(7))  # the draws, fixed
     fast = no_warnings(temporal_fisher, m, x, y, estimator=estimator, batch_size=4, seed=7, per_layer=True)
     if estimator == "empirical":
         ref = conv_ref
@@ -251,16 +253,14 @@ def test_time_major_net_matches_brute_force():
 
 
 @pytest.mark.parametrize("mode,cache", [("gram", 2**30), ("gram", 0), ("materialize", 2**30), ("materialize", 0)])
-def test_both_per_sample_rules_and_tiny_slices(conv_data, conv_ref, mlp_case, monkeypatch, mode, cache):
+def test_both_per_sample_rules_and_tiny_slices(conv_data, conv_ref, mlp_case, mode, cache):
     """Gram identity and materialised per-sample gradients, one sample per slice, with/without caching."""
-    monkeypatch.setattr(fisher, "_FORCE_MODE", mode)
-    monkeypatch.setattr(fisher, "_CHUNK_BYTES", 1)
-    monkeypatch.setattr(fisher, "_CACHE_BYTES", cache)
-    fast = no_warnings(temporal_fisher, small_convnet(), *conv_data, batch_size=4, per_layer=True)
+    knobs = dict(rule=mode, chunk_bytes=1, cache_bytes=cache)
+    fast = no_warnings(engine.per_sample_fisher, small_convnet(), *conv_data, batch_size=4, per_layer=True, **knobs)
     for k in conv_ref.per_layer:
         assert rel(fast.per_layer[k], conv_ref.per_layer[k]) < RTOL, k
     m, x, y, ref = mlp_case
-    assert rel(no_warnings(temporal_fisher, m, x, y).trace, ref.trace) < RTOL
+    assert rel(no_warnings(engine.per_sample_fisher, m, x, y, **knobs).trace, ref.trace) < RTOL
 
 
 def test_residual_net_matches_brute_force():
@@ -278,20 +278,21 @@ def test_residual_net_matches_brute_force():
 def test_convolution_backward_stops_at_the_horizon(conv_data, monkeypatch):
     """The folded convolutions' backward runs only on the rows of timesteps up to the horizon."""
     rows = []
-    orig = fisher._tail_rows
+    orig = engine.nonzero_rows
 
     def spy(go, k, B):
         r = orig(go, k, B)
         rows.append(r // B)
         return r
 
-    monkeypatch.setattr(fisher, "_tail_rows", spy)
+    monkeypatch.setattr(engine, "nonzero_rows", spy)
     x, y = conv_data
     m = small_convnet(T=3)
     fast = no_warnings(temporal_fisher, m, x, y)
     assert rows[:6] == [1, 1, 2, 2, 3, 3]  # block2 and block1 convolutions for horizons 1, 2, 3
-    monkeypatch.setattr(fisher, "_TAIL_SKIP", False)
-    slow = temporal_fisher(m, x, y)
+    rows.clear()
+    slow = engine.per_sample_fisher(m, x, y, tail_skip=False)
+    assert not rows
     assert rel(fast.trace, slow.trace) < 1e-12
 
 
@@ -404,7 +405,7 @@ def test_uint8_inputs_are_scaled(conv_data):
     m = small_convnet()
     q = (x * 255).round().to(torch.uint8)
     a = temporal_fisher(m, q, y)
-    b = temporal_fisher(m, q.double() / 255, y)
+    b = temporal_fisher(m, to_float(q).double(), y)  # scaled as evaluation.to_float scales pixels
     assert torch.allclose(a.trace, b.trace, rtol=1e-12)
 
 
@@ -461,3 +462,137 @@ def test_stateful_model_is_rejected(estimator):
     y = torch.randint(0, 3, (4,))
     with pytest.raises(ModelOutputError, match="reset its neuron state"):
         temporal_fisher(m, x, y, estimator=estimator)
+
+
+# ----------------------------------------------------------------------------------------------
+# fixed bugs
+
+
+class CancellingNet(nn.Module):
+    """fc1.weight is used a second time, outside fc1, scaled per timestep by c_t with sum_t c_t = 0: the extra
+    use cancels in the horizon-T output (the mean over all T) but not at the earlier horizons."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.fc2 = nn.Linear(8, 3)
+        self.register_buffer("c", torch.tensor([1.0, -2.0, 1.0]).view(3, 1, 1))
+
+    def forward(self, x):
+        s = lif_scan(self.fc1(x).unsqueeze(0).expand(3, -1, -1).contiguous(), tau=2.0, v_threshold=0.3)
+        return self.fc2(s + self.c * F.linear(x, self.fc1.weight))
+
+
+def test_safety_net_checks_every_horizon():
+    """The old check (horizon T only) passed here and gave a wrong I_1 without a warning."""
+    torch.manual_seed(8)
+    m = CancellingNet().double()
+    x = torch.randn(6, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,))
+    rng = torch.random.get_rng_state()
+    with pytest.warns(RuntimeWarning, match="do not add up"):
+        fast = temporal_fisher(m, x, y, batch_size=4)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the check's weights come from a private generator
+    ref = brute_force_fisher(m, x, y)
+    assert rel(fast.trace, ref.trace) < RTOL
+
+
+class BatchStatsMLP(nn.Module):
+    """BatchNorm1d on [B, F] without running statistics, called once per timestep."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 6)
+        self.bn = nn.BatchNorm1d(6, track_running_stats=False)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        z = self.bn(self.fc(x))
+        return self.head(lif_scan(z.unsqueeze(0).expand(3, -1, -1).contiguous(), tau=2.0, v_threshold=0.2))
+
+
+@pytest.mark.parametrize("case", ["BatchNorm2d", "BatchNorm1d"])
+def test_batchnorm_without_running_statistics_is_refused(conv_data, case):
+    """Batch statistics in eval mode make a sample's output depend on its batch: refused, not mis-measured."""
+    if case == "BatchNorm2d":
+        m = small_convnet()
+        m.stem[1] = nn.BatchNorm2d(4, track_running_stats=False).double()
+        x, y = conv_data
+    else:
+        m = BatchStatsMLP().double()
+        x, y = torch.randn(4, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    for estimator in ("empirical", "true", "batch"):
+        with pytest.raises(ConfigError, match=rf"{case}.*track_running_stats=True"):
+            temporal_fisher(m, x, y, estimator=estimator)
+    with pytest.raises(ConfigError, match="running statistics"):
+        brute_force_fisher(m, x, y)
+
+
+@pytest.mark.parametrize("estimator", ["empirical", "true", "batch"])
+def test_per_timestep_inputs_match_brute_force(estimator):
+    """Inputs [T, N, C, H, W] (windowed noise): samples on dim 1, batches sliced along it."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.rand(3, 6, 1, 12, 12, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (6,), generator=g)
+    m = small_convnet()
+    kw = {}
+    if estimator == "true":
+        m.eval()
+        with torch.no_grad():
+            kw["labels"] = sample_true_labels(horizon_logits(m(x)), torch.Generator().manual_seed(4))
+    fast = no_warnings(temporal_fisher, m, x, y, estimator=estimator, batch_size=4, seed=4, per_layer=True)
+    ref = brute_force_fisher(m, x, y, estimator=estimator, batch_size=4, seed=4, per_layer=True, **kw)
+    assert rel(fast.trace, ref.trace) < RTOL
+    for k in ref.per_layer:
+        assert rel(fast.per_layer[k], ref.per_layer[k]) < RTOL, k
+    assert fast.num_samples == ref.num_samples == (4 if estimator == "batch" else 6)
+    with pytest.raises(ConfigError, match="dim 1"):
+        temporal_fisher(m, x, y[:4])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_are_refused(conv_data, bad):
+    x, y = conv_data
+    x = x.clone()
+    x[2, 0, 3, 3] = bad
+    m = small_convnet()
+    for estimator in ("empirical", "true", "batch"):
+        with pytest.raises(ConfigError, match="NaN or inf"):
+            temporal_fisher(m, x, y, estimator=estimator)
+    with pytest.raises(ConfigError, match="NaN or inf"):
+        brute_force_fisher(m, x, y)
+    # finite values outside [0, 1] are fine for a model that is not fed pixels
+    torch.manual_seed(3)
+    mlp = LoopMLP().double()
+    x2 = 4.0 * torch.randn(5, 12, dtype=torch.float64)
+    assert torch.isfinite(temporal_fisher(mlp, x2, torch.tensor([0, 1, 2, 3, 0])).trace).all()
+
+
+@pytest.mark.parametrize("batch_size", [0, -2, True, 2.5, "4", None])
+def test_batch_size_is_validated(conv_data, batch_size):
+    with pytest.raises(ConfigError, match="batch_size"):
+        temporal_fisher(small_convnet(), *conv_data, batch_size=batch_size)
+
+
+def test_cumulative_share_and_horizon_for_share():
+    assert cumulative_share([2.0, 1.0, 1.0]) == pytest.approx([0.5, 0.75, 1.0])
+    assert horizon_for_share([2.0, 1.0, 1.0], 0.75) == 2
+    assert horizon_for_share(torch.tensor([1.0, 1.0, 1.0, 1.0]), 0.75) == 3  # exact hit, despite rounding
+    assert horizon_for_share([2.0, 1.0, 1.0], 1.0) == 3
+    assert horizon_for_share([0.0, 0.0], 0.5) == 2  # nothing measured: no horizon can be dropped
+    for bad in ([], [1.0, -1.0], [float("nan")], [[1.0]]):
+        with pytest.raises(ConfigError):
+            cumulative_share(bad)
+    for q in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="q must"):
+            horizon_for_share([1.0], q)
+
+
+def test_import_stays_low_in_the_stack():
+    import subprocess
+    import sys
+
+    code = ("import sys, spiketide.fisher; print(sorted(m for m in sys.modules if m.startswith('spiketide')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for name in ("train", "data", "cli", "runs", "robustness", "pruning", "callbacks"):
+        assert f"spiketide.{name}'" not in loaded, name

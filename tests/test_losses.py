@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from spiketide.errors import ConfigError, ModelOutputError
-from spiketide.losses import alpha_loss, check_logits, horizon_logits, horizon_losses, make_loss, mean_output_ce
+from spiketide.evaluation import check_logits
+from spiketide.losses import alpha_loss, horizon_logits, horizon_losses, make_loss, mean_output_ce
 
 
 def test_horizon_logits_are_cumulative_means():

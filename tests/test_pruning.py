@@ -1,11 +1,10 @@
-"""Tests for spiketide.pruning: magnitude pruning, masks in checkpoints, compute saving, T_retrain, Fig. 7 runs."""
+"""Tests for spiketide.pruning (masks, compute saving, T_retrain) and experiments.pruning (Fig. 7 runs)."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import struct
-import sys
 import types
 from pathlib import Path
 
@@ -14,13 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from spiketide import models, neuron, pruning
+from spiketide import models, pruning
 from spiketide.errors import CheckpointError, ConfigError
+from spiketide.experiments import pruning as experiment
+from spiketide.experiments.pruning import iterative_prune
 from spiketide.pruning import (
     apply_masks_from_state,
     choose_t_retrain,
     compute_saving,
-    iterative_prune,
     prunable,
     prune_round,
     rewind_weights,
@@ -29,12 +29,10 @@ from spiketide.pruning import (
 from spiketide.runs import RunDir, atomic_write_json, load_checkpoint, save_checkpoint
 from spiketide.train import TrainConfig, load_model, train
 
-neuron.set_fast_path(False)
-
 
 def tiny_convnet(T: int = 3) -> nn.Module:
     torch.manual_seed(0)
-    return models.create("convnet", num_classes=10, timesteps=T, in_channels=1, image_size=28)
+    return models.create("convnet", num_classes=10, timesteps=T, in_channels=1, image_size=28, fast_lif=False)
 
 
 # ----------------------------------------------------------------------------- a tiny run directory
@@ -300,7 +298,7 @@ def test_iterative_prune_auto_records_its_choice(trained_run, tmp_path, monkeypa
                     classes=torch.bincount(targets, minlength=10).tolist(), estimator=estimator)
         return [5.0, 1.0, 0.01]  # cumulative 83.2%, 99.8%, 100% -> t = 2 at q = 0.95
 
-    monkeypatch.setattr(pruning, "_measure_fisher", fake_fisher)
+    monkeypatch.setattr(experiment, "_measure_fisher", fake_fisher)
     result = iterative_prune(trained_run, rounds=1, t_retrain="auto", retrain_epochs=1, fisher_samples=10,
                              out=tmp_path / "auto", progress=False)
     assert seen["shape"] == (10, 1, 28, 28) and seen["dtype"] == torch.float32 and seen["max"] <= 1.0
@@ -324,19 +322,18 @@ def test_measure_fisher_calls_the_fisher_engine(monkeypatch):
         calls.update(estimator=estimator, batch_size=batch_size, n=len(inputs))
         return types.SimpleNamespace(trace=torch.tensor([3.0, 2.0, 1.0]), centroid=1.67)
 
-    monkeypatch.setitem(sys.modules, "spiketide.fisher", types.SimpleNamespace(temporal_fisher=temporal_fisher))
-    trace = pruning._measure_fisher(tiny_convnet(), torch.rand(4, 1, 28, 28), torch.arange(4), "true", 16)
+    monkeypatch.setattr(experiment, "temporal_fisher", temporal_fisher)
+    trace = experiment._measure_fisher(tiny_convnet(), torch.rand(4, 1, 28, 28), torch.arange(4), "true", 16)
     assert trace == [3.0, 2.0, 1.0] and all(isinstance(v, float) for v in trace)
     assert calls == {"estimator": "true", "batch_size": 16, "n": 4}
 
 
 def test_auto_choice_with_the_real_fisher_engine(trained_run):
-    pytest.importorskip("spiketide.fisher")
     from spiketide import data
 
     model, cfg, _ = load_model(trained_run / "checkpoints" / "last.pt")
     train_set = data.load(cfg.dataset, "train", root=cfg.data_root)
-    trace = pruning._measure_fisher(model, data.to_float(train_set.images[:10]), train_set.labels[:10],
+    trace = experiment._measure_fisher(model, data.to_float(train_set.images[:10]), train_set.labels[:10],
                                     "empirical", 10)
     assert len(trace) == 3 and all(v >= 0 for v in trace)
     t, why = choose_t_retrain(trace, 0.95)
@@ -354,7 +351,7 @@ def test_iterative_prune_rewind(trained_run, tmp_path, monkeypatch):
         real(model, early_state)
         seen.append({k: v.clone() for k, v in model.state_dict().items()})
 
-    monkeypatch.setattr(pruning, "rewind_weights", spy)
+    monkeypatch.setattr(pruning, "rewind_weights", spy)  # experiments call it through the module
     result = iterative_prune(trained_run, rounds=1, t_retrain=(1,), retrain_epochs=1, rewind_epoch=0,
                              out=tmp_path / "r", progress=False)
     assert result["settings"]["rewind_epoch"] == 0 and len(seen) == 1
@@ -369,13 +366,13 @@ def test_iterative_prune_rewind(trained_run, tmp_path, monkeypatch):
 
 
 def test_t_retrain_list():
-    assert pruning._check_t_list(None, 5) == [2, 3, 4, 5]  # the paper's Fig. 7
-    assert pruning._check_t_list(None, 1) == [1]
-    assert pruning._check_t_list((3, 1, 3), 4) == [1, 3]
-    assert pruning._check_t_list(2, 4) == [2]
+    assert experiment._t_retrain_list(None, 5) == [2, 3, 4, 5]  # the paper's Fig. 7
+    assert experiment._t_retrain_list(None, 1) == [1]
+    assert experiment._t_retrain_list((3, 1, 3), 4) == [1, 3]
+    assert experiment._t_retrain_list(2, 4) == [2]
     for bad in ((5,), (0,), (), (1.5,), "2"):
         with pytest.raises(ConfigError):
-            pruning._check_t_list(bad, 4)
+            experiment._t_retrain_list(bad, 4)
 
 
 def test_iterative_prune_argument_errors(trained_run, tmp_path):

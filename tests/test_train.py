@@ -77,7 +77,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     class NaNAfter(Callback):
         def on_epoch_end(self, trainer, record):
             if record["epoch"] == 1:
-                trainer.loss_fn = lambda out, y: out.sum() * float("nan")
+                trainer.loss_fn = lambda out, y, mean: out.sum() * float("nan")
 
     with pytest.raises(TrainingDiverged, match="epoch 2"):
         train(tiny(tmp_path), callbacks=[NaNAfter()])
@@ -136,3 +136,132 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     m2 = RunDir(tmp_path / "two").read_metrics()[-1]
     assert m1["train_acc"] == m2["train_acc"]
     assert abs(m1["train_loss"] - m2["train_loss"]) < 1e-4
+
+
+# --- bugs found in the architecture pass ------------------------------------------------------
+
+def _lifs(model):
+    from spiketide.neuron import LIF
+
+    return [m for m in model.modules() if isinstance(m, LIF)]
+
+
+def test_fast_path_is_per_model_not_per_process(tmp_path):
+    slow = Trainer(tiny(tmp_path, "slow", fast_lif=False))
+    fast = Trainer(tiny(tmp_path, "fast", fast_lif=True))
+    assert not any(m.fast for m in _lifs(slow.model))
+    assert all(m.fast for m in _lifs(fast.model))  # one fast_lif=False run no longer switches it off for good
+
+
+def test_compile_failure_falls_back_for_that_module_only(monkeypatch):
+    from spiketide import neuron
+
+    def broken(*a, **k):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(neuron._FusedLIF, "apply", broken)
+    lif = neuron.LIF(2.0, fast=True)
+    x = torch.randn(3, 2, 4) * 3
+    with pytest.warns(RuntimeWarning, match="plain step loop"):
+        s = lif(x)
+    torch.testing.assert_close(s, neuron.lif_scan(x, 2.0))
+    assert neuron.LIF(2.0, fast=True).fast  # a new module tries the compiled scan again
+
+
+class Recorder(Callback):
+    def __init__(self, key, log):
+        self.key, self.log, self.count = key, log, 0
+
+    def on_fit_start(self, trainer):
+        self.log.append(("start", self.key))
+
+    def on_epoch_end(self, trainer, record):
+        self.count += 1
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, state):
+        self.count = state["count"]
+
+
+def test_resume_runs_callback_setup_and_restores_state_by_key(tmp_path):
+    log = []
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tmp_path), callbacks=[Recorder("a", log), Recorder("b", log), KillAt(2)])
+    a, b = Recorder("a", log), Recorder("b", log)
+    log.clear()
+    train(tiny(tmp_path), callbacks=[b, a], resume=True)  # handed in the other order
+    assert sorted(log) == [("start", "a"), ("start", "b")]
+    assert a.count == b.count == 4  # epochs 0, 1 before the kill (restored), then 2, 3
+
+
+def test_evaluation_keeps_submodule_modes():
+    from spiketide.evaluation import accuracy
+    from spiketide.models import create
+
+    model = create("convnet", num_classes=10, timesteps=2, in_channels=1, image_size=28, fast_lif=False).train()
+    model.stem[1].eval()  # a BatchNorm deliberately frozen
+    accuracy(model, torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2)
+    assert model.training and not model.stem[1].training and model.block1[1].training
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(fisher_batch_size=0), "Fisher batch size"), (dict(momentum=-1.0), "momentum"),
+    (dict(weight_decay=-1.0), "weight-decay"), (dict(lr=float("nan")), "learning rate"),
+])
+def test_more_config_validation(tmp_path, change, match):
+    with pytest.raises(ConfigError, match=match):
+        Trainer(tiny(tmp_path, **change))
+    assert not (tmp_path / "run").exists()  # caught before anything is written
+
+
+def _ddp_worker(rank, world, init, out):
+    import torch.distributed as dist
+    from torch import nn
+
+    from spiketide.losses import alpha_loss, mean_output_ce
+    from spiketide.train import _global_mean, _GlobalBatchNorm2d
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3).double()
+    x, y = torch.randn(7, 4, dtype=torch.float64), torch.randint(0, 3, (7,))  # 7 does not divide by 2
+    xs, ys = x[rank::world], y[rank::world]
+    res = {}
+    for name, fn in (("ce", mean_output_ce), ("alpha", lambda o, t, m: alpha_loss(o, t, 0.5, m))):
+        lin.zero_grad()
+        loss = fn(lin(xs).unsqueeze(0).expand(2, -1, -1), ys, _global_mean(len(y)))
+        loss.backward()
+        g = lin.weight.grad.clone()
+        dist.all_reduce(g)
+        res[name] = (loss.item(), (g / world).tolist())  # DDP averages gradients over ranks
+    bn = nn.BatchNorm2d(2)
+    bn.__class__ = _GlobalBatchNorm2d
+    z = (torch.randn(7, 2, 3, 3) * 40 + 300).bfloat16()
+    res["bn"] = bn(z[rank::world]).dtype == torch.float32 and torch.allclose(
+        bn.running_mean, 0.9 * 0 + 0.1 * z.float().mean((0, 2, 3)), rtol=1e-5)
+    if rank == 0:
+        torch.save(res, out)
+    dist.destroy_process_group()
+
+
+def test_ddp_loss_is_the_global_batch_mean(tmp_path):
+    import torch.multiprocessing as mp
+    from torch import nn
+
+    from spiketide.losses import alpha_loss, mean_output_ce
+
+    out = tmp_path / "res.pt"
+    mp.spawn(_ddp_worker, args=(2, f"file://{tmp_path / 'init'}", str(out)), nprocs=2)
+    res = torch.load(out)
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3).double()
+    x, y = torch.randn(7, 4, dtype=torch.float64), torch.randint(0, 3, (7,))
+    for name, fn in (("ce", mean_output_ce), ("alpha", lambda o, t: alpha_loss(o, t, 0.5))):
+        lin.zero_grad()
+        loss = fn(lin(x).unsqueeze(0).expand(2, -1, -1), y)
+        loss.backward()
+        assert res[name][0] == pytest.approx(loss.item(), rel=1e-12), name
+        torch.testing.assert_close(torch.tensor(res[name][1], dtype=torch.float64), lin.weight.grad)
+    assert res["bn"]  # statistics in float32 under bf16 inputs, and those of the global batch

@@ -51,18 +51,11 @@ def _float_list(s: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
 
 
-def _tau(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if v == 0:
-        raise argparse.ArgumentTypeError("tau must be non-zero: Eq. 1 divides by tau (the paper uses 0.75, 2 and 4)")
-    return v
-
-
 def _add_train_options(p: argparse.ArgumentParser, defaults) -> None:
     from spiketide import data, models
+    from spiketide.fisher import ESTIMATORS
+    from spiketide.losses import LOSSES
+    from spiketide.train import OPTIMIZERS, SCHEDULES
 
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=defaults.model, help=f"architecture: {', '.join(models.available())} (default %(default)s)")
@@ -72,17 +65,17 @@ def _add_train_options(p: argparse.ArgumentParser, defaults) -> None:
     g.add_argument("--test-subset", type=_positive_int, default=defaults.test_subset, help="evaluate on a class-balanced subset of N test images")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="switch off training augmentation")
     g.add_argument("-T", "--timesteps", type=_positive_int, default=defaults.timesteps, help="timesteps T (default %(default)s)")
-    g.add_argument("--tau", type=_tau, default=defaults.tau, help="LIF time constant (Eq. 1; default %(default)s; any non-zero value)")
+    g.add_argument("--tau", type=float, default=defaults.tau, help="LIF time constant (Eq. 1; default %(default)s; any non-zero value)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help="default %(default)s")
     g.add_argument("-b", "--batch-size", type=_positive_int, default=defaults.batch_size, help="global batch size (default %(default)s)")
-    g.add_argument("--optimizer", choices=("sgd", "adam"), default=defaults.optimizer)
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
     g.add_argument("--lr", type=float, default=defaults.lr, help="learning rate (default %(default)s)")
     g.add_argument("--momentum", type=float, default=defaults.momentum)
     g.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    g.add_argument("--schedule", choices=("cosine", "constant"), default=defaults.schedule)
-    g.add_argument("--loss", choices=("ce", "alpha"), default=defaults.loss,
-                   help="ce: cross-entropy of the mean output; alpha: Eq. 9-10 (needs --alpha)")
+    g.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule)
+    g.add_argument("--loss", choices=tuple(LOSSES), default=defaults.loss,
+                   help="; ".join(f"{k}: {v}" for k, v in LOSSES.items()))
     g.add_argument("--alpha", default=None,
                    help="alpha for --loss alpha: a number, or a paper preset like cifar10:low (cifar10/svhn/cifar100 x low/intermediate/high)")
     g.add_argument("--seed", type=int, default=defaults.seed)
@@ -92,54 +85,69 @@ def _add_train_options(p: argparse.ArgumentParser, defaults) -> None:
     g = p.add_argument_group("run directory")
     g.add_argument("--out", default=defaults.out, help="run directory (default %(default)s)")
     g.add_argument("--checkpoint-epochs", type=_int_list, default=[], help="also keep checkpoints at these epochs, e.g. 0,20,40 (the last is always kept)")
-    g.add_argument("--resume", action="store_true", help="continue the killed run in --out from its last checkpoint")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with the options it was started with")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     g = p.add_argument_group("Fisher tracking (Eq. 6)")
     g.add_argument("--fisher-every", type=_nonneg_int, default=defaults.fisher_every, help="measure temporal Fisher information at epoch 0 and every K epochs (0 = off)")
     g.add_argument("--fisher-samples", type=_positive_int, default=defaults.fisher_samples, help="training images used (fixed, seeded, no augmentation)")
-    g.add_argument("--fisher-estimator", choices=("empirical", "true", "batch"), default=defaults.fisher_estimator)
+    g.add_argument("--fisher-estimator", choices=ESTIMATORS, default=defaults.fisher_estimator)
     g.add_argument("--fisher-per-layer", action="store_true", help="also record Fisher information per block (Fig. 3)")
 
 
-def _resolve_alpha(value: str | None, loss: str) -> float | None:
-    if value is None:
-        return None
-    from spiketide.losses import ALPHA_PRESETS
-
-    if ":" in value:
-        ds, level = value.split(":", 1)
-        try:
-            return ALPHA_PRESETS[ds][level]
-        except KeyError:
-            raise ConfigError(f"unknown alpha preset {value!r}; presets: "
-                              + ", ".join(f"{d}:{lvl}" for d, v in ALPHA_PRESETS.items() for lvl in v)) from None
-    try:
-        return float(value)
-    except ValueError:
-        raise ConfigError(f"--alpha expects a number or a preset like cifar10:low, got {value!r}") from None
-
-
 def _config_from_args(args) -> "TrainConfig":
+    from spiketide.losses import resolve_alpha
     from spiketide.train import TrainConfig
 
-    fields = {f for f in TrainConfig.__dataclass_fields__}
-    values = {k: v for k, v in vars(args).items() if k in fields}
-    values["alpha"] = _resolve_alpha(args.alpha, args.loss)
+    values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    values["alpha"] = resolve_alpha(args.alpha)
     return TrainConfig(**values).validate()
 
 
-def cmd_train(args) -> int:
-    from spiketide.runs import RunDir
-    from spiketide.train import TrainConfig, train
+# Options that may accompany --resume: they do not change what the run computes.
+_RESUME_FREE = {"out", "resume", "progress", "device", "data_root"}
 
-    if args.resume:
-        run = RunDir(args.out)
-        config = TrainConfig.from_dict(run.read_config())
-        config.progress = args.progress
-        trainer = train(config, resume=True)
-    else:
-        config = _config_from_args(args)
-        trainer = train(config)
+
+def _given_options(parser: argparse.ArgumentParser, argv: list[str]) -> dict:
+    """The options written on the command line (not left at their defaults), with their parsed values."""
+    saved = [(a, a.default) for a in parser._actions]
+    try:
+        for a, _ in saved:
+            a.default = argparse.SUPPRESS
+        return vars(parser.parse_args(argv))
+    finally:
+        for a, d in saved:
+            a.default = d
+
+
+def _resume_config(args) -> "TrainConfig":
+    """The run's own config.json, refusing options that would silently be ignored."""
+    from spiketide.losses import resolve_alpha
+    from spiketide.runs import RunDir
+    from spiketide.train import TrainConfig
+
+    run = RunDir(args.out)
+    config = TrainConfig.from_dict(run.read_config())
+    given = _given_options(args.parser, args.argv)
+    if "alpha" in given:
+        given["alpha"] = resolve_alpha(given["alpha"])
+    changed = [f"--{k.replace('_', '-')} {given[k]} (the run has {getattr(config, k)})" for k in given
+               if k in TrainConfig.__dataclass_fields__ and k not in _RESUME_FREE and given[k] != getattr(config, k)]
+    if changed:
+        raise ConfigError(f"--resume continues {run.path} exactly as it was started, so these options cannot change: "
+                          f"{'; '.join(changed)}. Start a new run with another --out to change them.")
+    config.progress, config.device = args.progress, given.get("device", config.device)
+    config.data_root = given.get("data_root", config.data_root)
+    return config
+
+
+def cmd_train(args) -> int:
+    from spiketide import callbacks
+    from spiketide.train import Trainer
+
+    config = _resume_config(args) if args.resume else _config_from_args(args)
+    trainer = Trainer(config, callbacks=callbacks.from_config(config), run_dir=args.out, resume=args.resume)
+    trainer.fit()
     if trainer.is_main:
         last = trainer.history[-1]
         print(f"run directory: {trainer.run.path}")
@@ -211,9 +219,20 @@ def _eval_data(config, split: str, samples: int | None, seed: int, data_root: st
 
 def _load_with_data(ckpt: Path, args, split: str, samples: int | None, device):
     """A checkpoint's model and config, plus the class-balanced evaluation images its dataset gives."""
+    from spiketide.errors import CheckpointError
+    from spiketide.runs import RunDir
     from spiketide.train import load_model
 
     model, config, state = load_model(ckpt, device)
+    run = RunDir(ckpt.parent.parent)
+    if ckpt.parent.name == "checkpoints" and run.exists():
+        # Results are written into the run: a checkpoint of another model or dataset must not land there.
+        mine = run.read_config()
+        for key in ("model", "dataset"):
+            if mine.get(key) != getattr(config, key):
+                raise CheckpointError(f"{ckpt} is a {config.model} / {config.dataset} checkpoint, but {run.path} is a "
+                                      f"{mine.get('model')} / {mine.get('dataset')} run; move it out of that run "
+                                      "directory or analyse it on its own")
     ds = _eval_data(config, split, samples, args.seed, args.data_root, device)
     return model, config, state, ds
 
@@ -225,48 +244,61 @@ def _write_json(path: Path, obj) -> None:
     print(f"wrote {path}")
 
 
+def _writing(out_dir: Path, command: str):
+    """Hold a run directory's lock while a command writes results into it (nothing to hold for a loose folder)."""
+    import contextlib
+
+    from spiketide.runs import RunDir
+
+    run = RunDir(out_dir)
+    return run.lock(f"spiketide {command}") if run.exists() else contextlib.nullcontext()
+
+
 def cmd_fisher(args) -> int:
     from spiketide import data, plots
     from spiketide.fisher import temporal_fisher
+    from spiketide.runs import RunDir
     from spiketide.train import select_device
 
     device = select_device(args.device)
     ckpts, out_dir = _checkpoints_of(args.path)
-    results = []
-    for ckpt in ckpts:
-        model, config, state, ds = _load_with_data(ckpt, args, args.split, args.samples, device)
-        prof = temporal_fisher(model, data.to_float(ds.images), ds.labels, estimator=args.estimator,
-                               per_layer=args.per_layer, batch_size=args.batch_size, seed=args.seed,
-                               progress=args.progress)
-        results.append({"checkpoint": str(ckpt), "epoch": state.get("epoch"), "fisher": prof.to_dict()})
-        trace = ", ".join(f"{v:.4g}" for v in prof.trace.tolist())
-        print(f"{ckpt.name} (epoch {state.get('epoch')}): I_t = [{trace}], centroid {prof.centroid:.3f}")
-    out = Path(args.out) if args.out else out_dir / "fisher.json"
-    _write_json(out, {"split": args.split, "samples": args.samples, "estimator": args.estimator, "results": results})
-    records = [{"epoch": r["epoch"] if r["epoch"] is not None else i, "fisher": r["fisher"]} for i, r in enumerate(results)]
-    figs = plots.save(plots.plot_fig1(records), out.with_name(out.stem + "_fig1"))
-    if args.per_layer:
-        figs += plots.save(plots.plot_fig3(records), out.with_name(out.stem + "_fig3"))
+    with _writing(out_dir, "fisher"):
+        results = []
+        for ckpt in ckpts:
+            model, config, state, ds = _load_with_data(ckpt, args, args.split, args.samples, device)
+            prof = temporal_fisher(model, data.to_float(ds.images), ds.labels, estimator=args.estimator,
+                                   per_layer=args.per_layer, batch_size=args.batch_size, seed=args.seed,
+                                   progress=args.progress)
+            results.append({"checkpoint": str(ckpt), "epoch": state.get("epoch"), "fisher": prof.to_dict()})
+            trace = ", ".join(f"{v:.4g}" for v in prof.trace.tolist())
+            print(f"{ckpt.name} (epoch {state.get('epoch')}): I_t = [{trace}], centroid {prof.centroid:.3f}")
+        out = Path(args.out) if args.out else out_dir / "fisher.json"
+        _write_json(out, {"split": args.split, "samples": args.samples, "estimator": args.estimator, "results": results})
+        records = [{"epoch": r["epoch"] if r["epoch"] is not None else i, "fisher": r["fisher"]}
+                   for i, r in enumerate(results)]
+        fig_dir = out_dir / "figures" if RunDir(out_dir).exists() else out.parent
+        figs = plots.save(plots.plot_fig1(records), fig_dir / f"{out.stem}_fig1")
+        if args.per_layer:
+            figs += plots.save(plots.plot_fig3(records), fig_dir / f"{out.stem}_fig3")
     print("figures: " + ", ".join(str(f) for f in figs))
     return 0
 
 
 def cmd_deficits(args) -> int:
-    from spiketide import plots, robustness
+    from spiketide import plots
+    from spiketide.experiments.deficits import deficits_over_checkpoints
     from spiketide.train import select_device
 
-    device = select_device(args.device)
     ckpts, out_dir = _checkpoints_of(args.path)
-    entries = []
-    for ckpt in ckpts:
-        model, config, state, ds = _load_with_data(ckpt, args, "test", args.samples, device)
-        r = robustness.time_window_deficits(model, ds.images, ds.labels, window=args.window, noise_ratio=args.noise_ratio,
-                                            batch_size=args.batch_size, seed=args.seed, progress=args.progress)
-        r.update(checkpoint=str(ckpt), epoch=state.get("epoch"))
-        entries.append(r)
+
+    def report(r: dict) -> None:
         rel = ", ".join(f"{100 * v:+.1f}" for v in r["relative_accuracy"])
-        print(f"{ckpt.name} (epoch {state.get('epoch')}): clean {100 * r['clean']:.1f}%, relative accuracy by window start [{rel}] points")
-    result = {"window": args.window, "noise_ratio": args.noise_ratio, "checkpoints": entries}
+        print(f"{Path(r['checkpoint']).name} (epoch {r['epoch']}): clean {100 * r['clean']:.1f}%, "
+              f"relative accuracy by window start [{rel}] points")
+
+    result = deficits_over_checkpoints(ckpts, window=args.window, noise_ratio=args.noise_ratio, samples=args.samples,
+                                       batch_size=args.batch_size, seed=args.seed, data_root=args.data_root,
+                                       device=select_device(args.device), progress=args.progress, on_result=report)
     out = Path(args.out) if args.out else out_dir / "deficits.json"
     _write_json(out, result)
     figs = plots.save(plots.plot_deficits(result), (out_dir / "figures" if out_dir.joinpath("figures").is_dir() else out.parent) / "fig2_deficits")
@@ -315,9 +347,8 @@ def cmd_robustness(args) -> int:
 
 
 def cmd_early_exit(args) -> int:
-    from spiketide import early_exit
+    from spiketide import data, early_exit, plots
     from spiketide.fisher import temporal_fisher
-    from spiketide import data
     from spiketide.train import select_device
 
     device = select_device(args.device)
@@ -333,20 +364,21 @@ def cmd_early_exit(args) -> int:
     out = Path(args.out) if args.out else out_dir / "early_exit.json"
     _write_json(out, curve)
     fig_dir = out_dir / "figures" if (out_dir / "figures").is_dir() else out.parent
-    figs = early_exit.plot_exit_curve(curve, fig_dir / "early_exit")
+    figs = plots.save(early_exit.exit_curve_figure(curve), fig_dir / "early_exit")
     print("figures: " + ", ".join(str(f) for f in figs))
     return 0
 
 
 def cmd_prune(args) -> int:
     from spiketide import pruning
+    from spiketide.experiments.pruning import iterative_prune
 
     t = args.t_retrain
     t_retrain = None if t is None else ("auto" if t.strip() == "auto" else tuple(_int_list(t)))
-    result = pruning.iterative_prune(args.run_dir, rounds=args.rounds, rate=args.rate, retrain_epochs=args.retrain_epochs,
-                                     t_retrain=t_retrain, q=args.q, rewind_epoch=args.rewind_epoch, lr=args.lr,
-                                     fisher_samples=args.fisher_samples, out=args.out, device=args.device,
-                                     progress=args.progress, overwrite=args.overwrite)
+    result = iterative_prune(args.run_dir, rounds=args.rounds, rate=args.rate, retrain_epochs=args.retrain_epochs,
+                             t_retrain=t_retrain, q=args.q, rewind_epoch=args.rewind_epoch, lr=args.lr,
+                             fisher_samples=args.fisher_samples, out=args.out, device=args.device,
+                             progress=args.progress, overwrite=args.overwrite)
     print(pruning.to_markdown(result))
     files = result.get("files", {})
     for f in [files.get("json"), files.get("markdown"), *files.get("figure", [])]:
@@ -446,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train an SNN (Eq. 1-2, BPTT) and write config.json, metrics.jsonl, checkpoints/ and figures/. "
                        "Defaults are the paper's: resnet19 on CIFAR-10, T=10, tau=2, SGD lr 0.3, cosine, 300 epochs.")
     _add_train_options(p, TrainConfig())
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, parser=p)
 
     p = sub.add_parser("demo", help="a CPU demo: convnet on Fashion-MNIST showing temporal information concentration",
                        description="Train convnet on 2,000 Fashion-MNIST images (T=6) on the CPU while tracking temporal "
@@ -466,7 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv[argv.index(args.command) + 1:] if args.command in argv else argv
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

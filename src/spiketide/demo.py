@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from spiketide import callbacks, plots
 from spiketide.runs import RunDir, atomic_write_json
 from spiketide.train import TrainConfig, train
 
@@ -62,14 +63,12 @@ def _fresh(out: str | None) -> str:
 
 def run_demo(out: str | None = None, epochs: int | None = None, progress: bool = True) -> dict:
     """Train the demo, draw Fig. 1 / Fig. 3, print and return the TIC summary."""
-    from spiketide import plots
-
     config = demo_config(_fresh(out), epochs)
     config.progress = progress
     print(f"spiketide demo: {config.model} on {config.subset} Fashion-MNIST images, T={config.timesteps}, "
           f"tau={config.tau}, {config.epochs} epochs; Fisher (Eq. 6) on {config.fisher_samples} training images "
           f"every {config.fisher_every} epochs -> {config.out}")
-    trainer = train(config)
+    trainer = train(config, callbacks=callbacks.from_config(config))
     run = trainer.run
     records = run.read_metrics()
     figures = plots.plot_run(run.path)

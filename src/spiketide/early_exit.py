@@ -5,24 +5,24 @@ should already be classified confidently by an early horizon output, the mean of
 first t timestep outputs (Eq. 4). :func:`exit_curve` measures the accuracy / latency
 trade-off of exiting at the first horizon whose softmax confidence exceeds a
 threshold, :func:`summarize` sets it beside where Fisher information concentrates,
-and :func:`plot_exit_curve` draws it.
+and :func:`exit_curve_figure` draws it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from spiketide import evaluation, fisher
 from spiketide.errors import ConfigError, ModelOutputError
 from spiketide.losses import horizon_logits
-from spiketide.robustness import _check_dataset, _eval_mode, _forward, _iter_batches, _model_device
 
-__all__ = ["DEFAULT_THRESHOLDS", "exit_curve", "summarize", "plot_exit_curve"]
+__all__ = ["DEFAULT_THRESHOLDS", "exit_curve", "summarize", "exit_curve_figure"]
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 
@@ -33,38 +33,35 @@ def exit_curve(
     labels: Any,
     thresholds: Sequence[float] | None = None,
     batch_size: int = 256,
-    device: torch.device | str | None = None,
 ) -> dict[str, Any]:
-    """Accuracy and mean timesteps used when exiting at the first confident horizon.
+    """Accuracy and mean timesteps used when exiting at the first confident horizon (Eq. 4).
 
-    The model runs once per batch (in eval mode, restored afterwards). For threshold
-    ``th`` a sample exits at the first horizon t whose max softmax probability is
-    strictly greater than ``th`` and is classified by that horizon's argmax; if no
-    horizon qualifies it uses all T. Strict ``>`` makes the ends exact: ``th = 0``
-    always exits at t = 1 (a softmax maximum is > 0) and ``th >= 1`` never exits early,
-    even when float32 rounds a confidence to exactly 1.
+    The model runs once per batch (in eval mode, restored afterwards). For threshold `th` a
+    sample exits at the first horizon t whose max softmax probability is strictly greater than
+    `th` and is classified by that horizon's argmax; if no horizon qualifies it uses all T. Strict
+    `>` makes the ends exact: `th = 0` always exits at t = 1 and `th >= 1` never exits early, even
+    when float32 rounds a confidence to exactly 1.
 
-    Returns ``thresholds``, ``accuracy`` and ``mean_timesteps`` (one per threshold),
-    ``exit_histogram`` (per threshold, the number of samples exiting at t = 1..T),
-    ``fixed_T_accuracy`` (accuracy of the horizon-t output for t = 1..T), ``T``, ``n``.
+    Returns `thresholds`, `accuracy` and `mean_timesteps` (one per threshold), `exit_histogram`
+    (per threshold, the number of samples exiting at t = 1..T), `fixed_T_accuracy` (accuracy of the
+    horizon-t output for t = 1..T), `T`, `n`.
     """
     ths = [float(t) for t in (DEFAULT_THRESHOLDS if thresholds is None else thresholds)]
     if not ths:
         raise ConfigError("thresholds is empty")
     if any(math.isnan(t) for t in ths):
         raise ConfigError("thresholds must be numbers, got NaN")
-    images, labels = _check_dataset(images, labels, batch_size)
-    dev = _model_device(model, device)
+    images, labels = evaluation.check_images(images, labels)
     confs: list[Tensor] = []
     corrects: list[Tensor] = []
-    with _eval_mode(model), torch.no_grad():
-        for xb, yb in _iter_batches(images, labels, batch_size, dev):
-            out = _forward(model, xb)
+    with evaluation.eval_mode(model), torch.no_grad():
+        for xb, yb in evaluation.pixel_batches(images, labels, batch_size, evaluation.model_device(model)):
+            out = evaluation.logits(model, xb)
             if not torch.isfinite(out).all():
                 raise ModelOutputError("model returned non-finite logits (NaN or inf)")
+            if confs and out.shape[0] != confs[0].shape[0]:
+                raise ModelOutputError(f"model returned {out.shape[0]} timesteps, earlier batches had {confs[0].shape[0]}")
             conf, pred = horizon_logits(out.float()).softmax(-1).max(-1)  # [T, B]
-            if corrects and conf.shape[0] != confs[0].shape[0]:
-                raise ModelOutputError(f"model returned {conf.shape[0]} timesteps, earlier batches had {confs[0].shape[0]}")
             confs.append(conf.cpu())
             corrects.append((pred == yb[None]).cpu())
     conf = torch.cat(confs, dim=1)
@@ -88,21 +85,6 @@ def exit_curve(
         "T": int(T),
         "n": int(n),
     }
-
-
-def _fisher_stats(fisher_trace: Any, T: int) -> tuple[int, float]:
-    """(smallest t reaching 95% of the cumulative Fisher trace, information centroid Eq. 7)."""
-    f = torch.as_tensor(fisher_trace, dtype=torch.float64).flatten()
-    if f.numel() != T:
-        raise ConfigError(f"fisher_trace has {f.numel()} entries but the curve has T={T}")
-    if not torch.isfinite(f).all() or (f < 0).any() or f.sum() <= 0:
-        raise ConfigError("fisher_trace must be finite, non-negative and not all zero")
-    share = f.cumsum(0) / f.sum()
-    # Tiny slack so a trace that reaches exactly 95% is not pushed one step later by rounding.
-    t95 = int((share >= 0.95 - 1e-12).nonzero()[0]) + 1
-    steps = torch.arange(1, T + 1, dtype=torch.float64)
-    centroid = float((steps * f).sum() / f.sum())
-    return t95, centroid
 
 
 def summarize(curve: dict[str, Any], fisher_trace: Any = None, tolerance: float = 0.005) -> str:
@@ -131,7 +113,13 @@ def summarize(curve: dict[str, Any], fisher_trace: Any = None, tolerance: float 
     else:
         lines.append(f"No threshold keeps accuracy within {tolerance:.1%} of full-T accuracy {full:.1%}.")
     if fisher_trace is not None:
-        t95, centroid = _fisher_stats(fisher_trace, T)
+        trace = torch.as_tensor(fisher_trace, dtype=torch.float64).flatten()
+        if trace.numel() != T:
+            raise ConfigError(f"fisher_trace has {trace.numel()} entries but the curve has T={T}")
+        t95 = fisher.horizon_for_share(trace, 0.95)  # checks the trace
+        centroid = fisher.information_centroid(trace)
+        if math.isnan(centroid):
+            raise ConfigError("fisher_trace is all zero: there is no information to locate")
         lines.append(f"Fisher information: 95% is reached by t={t95}; information centroid IC={centroid:.2f} (Eq. 7).")
         if exit_t is not None:
             lines.append(
@@ -140,12 +128,8 @@ def summarize(curve: dict[str, Any], fisher_trace: Any = None, tolerance: float 
     return "\n".join(lines)
 
 
-def plot_exit_curve(curve: dict[str, Any], path_without_suffix: str | Path) -> list[Path]:
-    """Save accuracy vs mean timesteps (per threshold) beside fixed-T accuracy vs T, as PNG and PDF."""
-    from matplotlib.figure import Figure
-
-    from spiketide.plots import save
-
+def exit_curve_figure(curve: dict[str, Any]) -> Figure:
+    """Accuracy vs mean timesteps (per threshold) beside fixed-T accuracy vs T; save with `plots.save`."""
     T = int(curve["T"])
     ts = list(range(1, T + 1))
     fixed = [100 * a for a in curve["fixed_T_accuracy"]]
@@ -162,4 +146,4 @@ def plot_exit_curve(curve: dict[str, Any], path_without_suffix: str | Path) -> l
     for ax in (ax_exit, ax_fixed):
         ax.set_xlim(0.5, T + 0.5)
         ax.grid(alpha=0.3)
-    return save(fig, path_without_suffix)  # PNG + PDF, atomic, no pyplot
+    return fig

@@ -23,3 +23,7 @@ class ModelOutputError(SpiketideError, ValueError):
 
 class TrainingDiverged(SpiketideError):
     """The loss became NaN or inf."""
+
+
+class RunInUse(SpiketideError):
+    """Another process holds the run directory's lock."""

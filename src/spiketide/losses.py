@@ -1,32 +1,28 @@
-"""Horizon outputs (Eq. 4) and the training losses built on them (mean-output CE, alpha-loss Eq. 9-10)."""
+"""Horizon outputs (Eq. 4) and the training losses built on them (mean-output CE, alpha-loss Eq. 9-10).
+
+Every loss averages per-sample terms through `batch_mean`. On one process that is the mean over
+the batch; under DDP the training loop hands in a mean over the *global* batch, so a rank's slice
+size never changes the loss (the mean of per-rank means is not the global mean).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from spiketide.errors import ConfigError, ModelOutputError
+from spiketide.errors import ConfigError
 
-__all__ = ["check_logits", "horizon_logits", "horizon_losses", "mean_output_ce", "alpha_loss", "LOSSES", "ALPHA_PRESETS",
-           "make_loss"]
+__all__ = ["horizon_logits", "horizon_losses", "mean_output_ce", "alpha_loss", "LOSSES", "ALPHA_PRESETS",
+           "make_loss", "resolve_alpha", "batch_mean", "Loss"]
+
+BatchMean = Callable[[torch.Tensor], torch.Tensor]
 
 
-def check_logits(out, batch_size: int | None = None, num_classes: int | None = None) -> torch.Tensor:
-    """Validate a model output as per-timestep logits [T, B, C]; raise ModelOutputError otherwise."""
-    if not isinstance(out, torch.Tensor):
-        raise ModelOutputError(
-            f"the model returned {type(out).__name__}; spiketide expects a tensor of per-timestep logits [T, B, C]. "
-            "Wrap the model so forward returns that tensor."
-        )
-    if out.dim() != 3 or (batch_size is not None and out.shape[1] != batch_size) or (
-        num_classes is not None and out.shape[2] != num_classes
-    ):
-        want = f"[T, {batch_size if batch_size is not None else 'B'}, {num_classes if num_classes is not None else 'C'}]"
-        raise ModelOutputError(
-            f"the model returned shape {tuple(out.shape)}; expected per-timestep logits {want} (timestep-major). "
-            "If it returns [B, T, C], transpose it with .transpose(0, 1)."
-        )
-    return out
+def batch_mean(v: torch.Tensor) -> torch.Tensor:
+    """Mean over the last (sample) axis."""
+    return v.mean(-1)
 
 
 def horizon_logits(out: torch.Tensor) -> torch.Tensor:
@@ -35,39 +31,39 @@ def horizon_logits(out: torch.Tensor) -> torch.Tensor:
     return out.cumsum(0) / steps.view(-1, *([1] * (out.dim() - 1)))
 
 
-def horizon_losses(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """L_t for t = 1..T: cross-entropy of each horizon output, averaged over the batch -> [T]."""
+def horizon_losses(out: torch.Tensor, y: torch.Tensor, mean: BatchMean = batch_mean) -> torch.Tensor:
+    """L_t for t = 1..T: cross-entropy of each horizon output (Eq. 4), averaged over the batch -> [T]."""
     h = horizon_logits(out.float())
     T, B, C = h.shape
-    return F.cross_entropy(h.reshape(T * B, C), y.repeat(T), reduction="none").view(T, B).mean(1)
+    return mean(F.cross_entropy(h.reshape(T * B, C), y.repeat(T), reduction="none").view(T, B))
 
 
-def mean_output_ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def mean_output_ce(out: torch.Tensor, y: torch.Tensor, mean: BatchMean = batch_mean) -> torch.Tensor:
     """The standard SNN loss: cross-entropy of the timestep-averaged output (= L_T)."""
-    return F.cross_entropy(out.float().mean(0), y)
+    return mean(F.cross_entropy(out.float().mean(0), y, reduction="none"))
 
 
-def alpha_loss(out: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
+def alpha_loss(out: torch.Tensor, y: torch.Tensor, alpha: float, mean: BatchMean = batch_mean) -> torch.Tensor:
     """Eq. 9-10: (1/T) sum_t |L_t - alpha|; gradient ascent on horizons whose loss is already below alpha."""
-    return (horizon_losses(out, y) - alpha).abs().mean()
+    return (horizon_losses(out, y, mean) - alpha).abs().mean()
 
 
-class _Loss:
-    """A named loss: callable (out, y) -> scalar; `details` adds per-horizon L_t for logging."""
+class Loss:
+    """A named training loss: `loss(out, y, mean=batch_mean)` -> scalar. `alpha` is None unless it has one."""
 
     def __init__(self, name: str, alpha: float | None = None):
         self.name, self.alpha = name, alpha
 
-    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.name == "ce":
-            return mean_output_ce(out, y)
-        return alpha_loss(out, y, self.alpha)
+    def __call__(self, out: torch.Tensor, y: torch.Tensor, mean: BatchMean = batch_mean) -> torch.Tensor:
+        if self.name == "alpha":
+            return alpha_loss(out, y, self.alpha, mean)
+        return mean_output_ce(out, y, mean)
 
     def __repr__(self) -> str:
         return self.name if self.alpha is None else f"{self.name}(alpha={self.alpha})"
 
 
-LOSSES = ("ce", "alpha")
+LOSSES = {"ce": "cross-entropy of the mean output", "alpha": "Eq. 9-10, needs --alpha"}
 
 # The paper's [low, intermediate, high] alpha per dataset (section "Analysis on TIC: Robustness Perspective").
 ALPHA_PRESETS: dict[str, dict[str, float]] = {
@@ -77,12 +73,29 @@ ALPHA_PRESETS: dict[str, dict[str, float]] = {
 }
 
 
-def make_loss(name: str = "ce", alpha: float | None = None) -> _Loss:
+def resolve_alpha(value: str | float | None) -> float | None:
+    """An alpha given as a number or as a paper preset such as 'cifar10:low'."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    if ":" in value:
+        ds, level = value.split(":", 1)
+        try:
+            return ALPHA_PRESETS[ds][level]
+        except KeyError:
+            raise ConfigError(f"unknown alpha preset {value!r}; presets: "
+                              + ", ".join(f"{d}:{lvl}" for d, v in ALPHA_PRESETS.items() for lvl in v)) from None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"--alpha expects a number or a preset like cifar10:low, got {value!r}") from None
+
+
+def make_loss(name: str = "ce", alpha: float | None = None) -> Loss:
     """Build a training loss by name: 'ce' (mean-output cross-entropy) or 'alpha' (Eq. 10, needs alpha >= 0)."""
     if name not in LOSSES:
         raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     if name == "alpha":
         if alpha is None or not (alpha >= 0):
             raise ConfigError(f"--loss alpha needs --alpha A with A >= 0 (got {alpha}); paper values are 1e-4 .. 7e-2")
-        return _Loss("alpha", float(alpha))
-    return _Loss("ce")
+        return Loss("alpha", float(alpha))
+    return Loss("ce")

@@ -1,51 +1,52 @@
-"""Iterative magnitude pruning with fewer retraining timesteps (the paper's Fig. 6-7 application).
+"""Iterative magnitude pruning with fewer retraining timesteps (the paper's Fig. 6-7 application): pure pieces.
 
-Han et al. (2015) prune p% of the remaining low-magnitude weights, retrain, and repeat for R
-rounds. Because trained SNNs concentrate their Fisher information in the early timesteps (TIC),
-the paper retrains with T_retrain < T timesteps and reports accuracy vs sparsity per T_retrain
-(Fig. 7) and the compute saving N_retrain R (T - T_retrain) / (N T + N_retrain R T) (Eq. in the
-"Efficient SNN Pruning Using TIC" section).
+Han et al. (2015) prune p% of the remaining low-magnitude weights, retrain, and repeat for R rounds.
+Because trained SNNs concentrate their Fisher information in the early timesteps (TIC), the paper
+retrains with T_retrain < T timesteps; `compute_saving` is its N_retrain R (T - T_retrain) /
+(N T + N_retrain R T). The experiment itself (load a run, prune, retrain, report) is
+`spiketide.experiments.pruning.iterative_prune`.
 
-Pruning uses `torch.nn.utils.prune` (weight = weight_orig * weight_mask), so a pruned model's
-state_dict holds `X.weight_orig` / `X.weight_mask`; `apply_masks_from_state` re-creates that
-reparametrisation on a fresh model so such checkpoints load (`spiketide.train.load_model` calls it).
+Pruning uses `torch.nn.utils.prune` (weight = weight_orig * weight_mask, re-applied before every
+forward), so masks stay in force through retraining with no callback, and a pruned state_dict holds
+`X.weight_orig` / `X.weight_mask`; `apply_masks_from_state` re-creates that on a fresh model so such
+checkpoints load (`spiketide.train.load_model` calls it).
 
-Beyond the paper: `choose_t_retrain` picks T_retrain automatically as the smallest t whose
-cumulative Fisher information reaches a fraction q of the total (`t_retrain="auto"`).
+Beyond the paper: `choose_t_retrain` picks T_retrain as the smallest t whose cumulative Fisher
+information reaches a share q of the total (`fisher.horizon_for_share`).
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
 import numbers
-import os
-import re
-import shutil
-import sys
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from spiketide import fisher
 from spiketide.errors import CheckpointError, ConfigError
 
 __all__ = [
     "compute_saving", "prunable", "prune_round", "sparsity", "apply_masks_from_state", "rewind_weights",
-    "choose_t_retrain", "iterative_prune", "to_markdown", "PRUNABLE_TYPES",
+    "check_rate", "choose_t_retrain", "to_markdown", "PRUNABLE_TYPES",
 ]
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
-# --------------------------------------------------------------------------- small pieces
-
 def _is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_rate(rate: Any) -> float:
+    """The pruning rate p as a float; ConfigError unless 0 < p < 1."""
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not (0 < rate < 1):
+        raise ConfigError(f"pruning rate must be a fraction in (0, 1) (the paper prunes 0.5 of the remaining "
+                          f"weights per round), got {rate!r}")
+    return float(rate)
 
 
 def compute_saving(N: int, N_retrain: int, R: int, T: int, T_retrain: int) -> float:
@@ -105,13 +106,12 @@ def prune_round(model: nn.Module, amount: float) -> float:
     masked (torch.nn.utils.prune.global_unstructured + L1Unstructured), so after R rounds the
     sparsity is 1 - (1 - amount)^R up to rounding. Returns the new sparsity.
     """
-    if isinstance(amount, bool) or not isinstance(amount, numbers.Real) or not (0 < amount < 1):
-        raise ConfigError(f"pruning rate must be a fraction in (0, 1) (the paper prunes 0.5 per round), got {amount!r}")
+    amount = check_rate(amount)
     params = prunable(model)
     if not params:
         raise ConfigError("the model has no Conv1d/Conv2d/Linear weights to prune")
     remaining = sum(int(_alive(m, n).sum()) for m, n in params)
-    k = int(round(float(amount) * remaining))
+    k = int(round(amount * remaining))
     # Fresh importance scores: the `weight` attribute is only refreshed at the next forward,
     # so after an optimiser step it can be stale; weight_orig * mask is always current.
     scores = {(m, n): _effective_weight(m, n).abs() for m, n in params}
@@ -186,301 +186,27 @@ def rewind_weights(model: nn.Module, early_state: Mapping[str, torch.Tensor]) ->
     model.load_state_dict(new)
 
 
-def _cumulative_fractions(trace: Sequence[float] | torch.Tensor) -> list[float]:
-    t = torch.as_tensor(trace, dtype=torch.float64).flatten()
-    total = float(t.sum())
-    return (t.cumsum(0) / total).tolist()
-
-
 def _steps(a: int, b: int) -> str:
     return f"timestep {a} carries" if a == b else f"timesteps {a}..{b} carry"
 
 
 def choose_t_retrain(trace: Sequence[float] | torch.Tensor, q: float = 0.95) -> tuple[int, str]:
-    """Smallest t (1-based) whose cumulative Fisher information sum_{i<=t} I_i reaches q * sum_t I_t.
+    """Smallest t (1-based) whose cumulative Fisher information sum_{i<=t} I_i (Eq. 6) reaches q of the total.
 
     Beyond the paper, which picks T_retrain by eye (near-zero I_t after t=3). Returns (t, an
-    explanation listing the cumulative fractions). An all-zero trace gives t = T.
+    explanation listing the cumulative shares). An all-zero trace gives t = T.
     """
-    if isinstance(q, bool) or not isinstance(q, numbers.Real) or not (0 < q <= 1):
-        raise ConfigError(f"q must be a fraction in (0, 1], got {q!r}")
-    try:
-        t = torch.as_tensor(trace, dtype=torch.float64).detach().cpu()
-    except (TypeError, ValueError, RuntimeError):
-        raise ConfigError(f"the Fisher trace must be a list of numbers, got {trace!r}") from None
-    if t.dim() != 1 or t.numel() == 0:
-        raise ConfigError("the Fisher trace must be a non-empty 1-D sequence (one I_t per timestep), "
-                          f"got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise ConfigError(f"the Fisher trace has non-finite values: {t.tolist()}")
-    if (t < 0).any():
-        raise ConfigError(f"Fisher information is non-negative, but the trace has negative values: {t.tolist()}")
-    T = t.numel()
-    total = float(t.sum())
-    if total == 0:
+    chosen = fisher.horizon_for_share(trace, q)  # checks q and the trace
+    share = fisher.cumulative_share(trace)
+    T = len(share)
+    if math.isnan(share[-1]):
         return T, (f"the Fisher trace is all zero (no information measured), so no timestep can be dropped: "
                    f"T_retrain = T = {T}")
-    frac = _cumulative_fractions(t)
-    # A small tolerance so that e.g. q = 0.75 with fractions 0.25, 0.5, 0.75 picks t = 3.
-    chosen = next(i + 1 for i, f in enumerate(frac) if f >= q - 1e-9 or i == T - 1)
-    listing = ", ".join(f"t<={i + 1}: {100 * f:.1f}%" for i, f in enumerate(frac))
-    explanation = (f"cumulative share of the temporal Fisher information: {listing}. "
-                   f"The smallest t reaching q = {100 * q:g}% is {chosen}, so T_retrain = {chosen} (of T = {T})"
-                   + (f"; {_steps(chosen + 1, T)} {100 * (1 - frac[chosen - 1]):.1f}% of the information."
-                      if chosen < T else "."))
-    return chosen, explanation
-
-
-# --------------------------------------------------------------------------- the experiment
-
-def _measure_fisher(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, estimator: str,
-                    batch_size: int) -> list[float]:
-    """Temporal Fisher trace I_t of `model` (a separate function so tests can replace it)."""
-    from spiketide.fisher import temporal_fisher
-
-    profile = temporal_fisher(model, inputs, targets, estimator=estimator, batch_size=batch_size)
-    return [float(v) for v in torch.as_tensor(profile.trace).flatten().tolist()]
-
-
-def _check_t_list(t_retrain: Any, T: int) -> list[int]:
-    """The sorted distinct T_retrain values to run; None means 2..T (the paper's 2, 3, 4, 5 for T = 5)."""
-    if t_retrain is None:
-        return list(range(2, T + 1)) or [T]
-    values = [t_retrain] if _is_int(t_retrain) else t_retrain
-    try:
-        values = list(values)
-    except TypeError:
-        raise ConfigError(f"t_retrain must be 'auto', a whole number or a list of them, got {t_retrain!r}") from None
-    if not values:
-        raise ConfigError("t_retrain is empty; give at least one timestep count, e.g. 2,3,4,5, or 'auto'")
-    for v in values:
-        if not _is_int(v):
-            raise ConfigError(f"t_retrain values must be whole numbers, got {v!r}")
-        if not (1 <= v <= T):
-            raise ConfigError(f"T_retrain={v} is outside 1..T={T}: the run was trained with T={T} timesteps and "
-                              "retraining uses T_retrain <= T")
-    return sorted(set(int(v) for v in values))
-
-
-def _eval_at(model: nn.Module, test_set, t: int, batch_size: int, amp: bool) -> float:
-    from spiketide.train import evaluate_accuracy
-
-    saved = model.timesteps
-    model.timesteps = t
-    try:
-        return evaluate_accuracy(model, test_set.images, test_set.labels, batch_size, amp)
-    finally:
-        model.timesteps = saved
-
-
-def _say(progress: bool, msg: str) -> None:
-    if progress:
-        print(f"[prune] {msg}", file=sys.stderr, flush=True)
-
-
-_T_DIR = re.compile(r"^T\d+$")
-
-
-def iterative_prune(
-    run_dir: str | os.PathLike,
-    *,
-    rounds: int = 5,
-    rate: float = 0.5,
-    retrain_epochs: int | None = None,
-    t_retrain: int | Iterable[int] | str | None = None,
-    q: float = 0.95,
-    rewind_epoch: int | None = None,
-    lr: float | None = None,
-    fisher_samples: int = 128,
-    out: str | os.PathLike | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> dict:
-    """Fig. 6-7: iterative magnitude pruning of a trained run, retraining with T_retrain timesteps.
-
-    For each T_retrain the trained model (`<run>/checkpoints/last.pt`) is loaded fresh, then for
-    r = 1..rounds: prune `rate` of the remaining Conv/Linear weights (global L1), optionally rewind
-    the surviving weights to `<run>/checkpoints/epoch_XXXX.pt` of `rewind_epoch`, retrain
-    `retrain_epochs` epochs at T_retrain timesteps with the run's own settings through the one
-    Trainer (outputs in `<out>/T{t}/round{r}`), and record test accuracy (at T_retrain; also at
-    T) and sparsity. Round 0 is the trained model (sparsity 0).
-
-    t_retrain: timestep counts to compare, or "auto"; None (default) means 2..T, which is the
-    paper's 2, 3, 4, 5 for T = 5 (just T when T = 1).
-
-    Defaults: retrain_epochs = max(1, run epochs // 5) (the paper: 300 -> 60); lr = run lr x 0.1
-    (the paper does not give the retraining lr; Han et al. retrain at a lowered rate); the
-    schedule, optimizer, batch size, loss, augmentation and seed are the run's. out defaults to
-    `<run>/pruning`. `t_retrain="auto"` measures the temporal Fisher information of the trained
-    model on a seeded class-balanced subset of `fisher_samples` training images (no augmentation)
-    and picks `choose_t_retrain(trace, q)`.
-
-    Writes `<out>/pruning.json` (the returned dict), `<out>/pruning.md` and the figure
-    (`<run>/figures/fig7_pruning.{png,pdf}`, or `<out>/fig7_pruning.*` when `out` is given).
-    Existing results in `out` are an error unless overwrite=True (which deletes `<out>/T*/`).
-    """
-    from spiketide import data, plots
-    from spiketide.runs import RunDir, atomic_write_json, atomic_write_text, load_checkpoint
-    from spiketide.train import Trainer, load_model, select_device
-
-    # -- arguments that need no run --
-    if not _is_int(rounds) or rounds < 1:
-        raise ConfigError(f"rounds must be a whole number >= 1 (the paper uses 5), got {rounds!r}")
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not (0 < rate < 1):
-        raise ConfigError(f"rate must be a fraction in (0, 1) (the paper prunes 0.5 of the remaining weights per "
-                          f"round), got {rate!r}")
-    if retrain_epochs is not None and (not _is_int(retrain_epochs) or retrain_epochs < 1):
-        raise ConfigError(f"retrain_epochs must be a whole number >= 1, got {retrain_epochs!r}")
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (lr > 0)
-                           or not math.isfinite(lr)):
-        raise ConfigError(f"lr must be a positive number, got {lr!r}")
-    if isinstance(q, bool) or not isinstance(q, numbers.Real) or not (0 < q <= 1):
-        raise ConfigError(f"q must be a fraction in (0, 1], got {q!r}")
-    if not _is_int(fisher_samples) or fisher_samples < 1:
-        raise ConfigError(f"fisher_samples must be a whole number >= 1, got {fisher_samples!r}")
-    auto = isinstance(t_retrain, str)
-    if auto and t_retrain != "auto":
-        raise ConfigError(f"t_retrain must be 'auto' or timestep counts like 2,3,4,5, got {t_retrain!r}")
-    if rewind_epoch is not None and (not _is_int(rewind_epoch) or rewind_epoch < 0):
-        raise ConfigError(f"rewind_epoch must be a whole number >= 0, got {rewind_epoch!r}")
-
-    # -- the run --
-    run = RunDir(run_dir)
-    run.read_config()  # CheckpointError when this is not a run directory
-    last = run.checkpoint_path()
-    if not last.is_file():
-        raise CheckpointError(f"{run.path} has no checkpoints/last.pt; train it first (`spiketide train --out "
-                              f"{run.path}`) or pass a finished run directory")
-    rewind_path = None
-    if rewind_epoch is not None:
-        rewind_path = run.checkpoint_path(rewind_epoch)
-        if not rewind_path.is_file():
-            saved = run.saved_epochs()
-            raise CheckpointError(
-                f"cannot rewind to epoch {rewind_epoch}: {rewind_path} does not exist. This run saved epochs "
-                f"{saved or 'none'}; pick one of those, or train with --checkpoint-epochs including {rewind_epoch}")
-    out_dir = Path(out) if out is not None else run.path / "pruning"
-    fig_base = (run.figures if out is None else out_dir) / "fig7_pruning"
-    old = [p for p in out_dir.iterdir() if p.is_dir() and _T_DIR.match(p.name)] if out_dir.is_dir() else []
-    if (old or (out_dir / "pruning.json").exists()) and not overwrite:
-        raise ConfigError(f"{out_dir} already holds pruning results; pass overwrite=True (--overwrite) to replace "
-                          "them, or a different out (--out)")
-
-    dev = select_device(device) if device is not None else None
-    model, config, _state = load_model(last, device=dev or "cpu")
-    if dev is None:
-        dev = select_device(config.device)
-        model = model.to(dev)
-    if not hasattr(model, "timesteps"):
-        raise ConfigError(f"model {config.model!r} has no `timesteps` attribute; pruning with T_retrain needs it")
-    T = int(model.timesteps)
-    N = int(config.epochs)
-    n_retrain = int(retrain_epochs) if retrain_epochs is not None else max(1, N // 5)
-    retrain_lr = float(lr) if lr is not None else config.lr * 0.1
-    amp = bool(config.amp and dev.type == "cuda")
-    if not auto:
-        t_list = _check_t_list(t_retrain, T)
-    if overwrite:
-        for p in old:
-            shutil.rmtree(p)
-        (out_dir / "pruning.json").unlink(missing_ok=True)
-
-    _say(progress, f"loading {config.dataset} (subset {config.subset}, test subset {config.test_subset}) on {dev}")
-    train_set = data.load(config.dataset, "train", root=config.data_root, subset=config.subset, seed=config.seed,
-                          device=dev)
-    test_set = data.load(config.dataset, "test", root=config.data_root, subset=config.test_subset,
-                         seed=config.seed, device=dev)
-
-    # -- T_retrain = "auto": temporal Fisher of the trained model --
-    auto_info = None
-    if auto:
-        n = min(fisher_samples, len(train_set))
-        idx = data.balanced_subset_indices(train_set.labels, train_set.num_classes, n, seed=config.seed)
-        idx = idx.to(train_set.labels.device)
-        inputs = data.to_float(train_set.images[idx])
-        targets = train_set.labels[idx]
-        _say(progress, f"measuring temporal Fisher information on {n} training images ({config.fisher_estimator})")
-        # On a copy: the estimator may run the model in training mode (BatchNorm statistics).
-        trace = _measure_fisher(copy.deepcopy(model), inputs, targets, config.fisher_estimator,
-                                config.fisher_batch_size)
-        if len(trace) != T:
-            raise ConfigError(f"the Fisher trace has {len(trace)} values but the model runs T={T} timesteps")
-        chosen, why = choose_t_retrain(trace, q)
-        t_list = [chosen]
-        auto_info = {"q": float(q), "trace": trace,
-                     "cumulative_fraction": _cumulative_fractions(trace) if sum(trace) > 0 else None,
-                     "chosen": chosen, "explanation": why, "fisher_samples": n,
-                     "estimator": config.fisher_estimator}
-        _say(progress, f"auto T_retrain: {why}")
-
-    # -- round 0: the trained model --
-    acc_T = _eval_at(model, test_set, T, config.eval_batch_size, amp)
-    acc0 = {t: (acc_T if t == T else _eval_at(model, test_set, t, config.eval_batch_size, amp)) for t in t_list}
-    _say(progress, f"trained model: test acc {100 * acc_T:.2f}% at T={T}; "
-         + ", ".join(f"{100 * a:.2f}% at T={t}" for t, a in acc0.items()))
-
-    early_state = load_checkpoint(rewind_path, map_location=dev)["model"] if rewind_path is not None else None
-    curves: dict[str, dict] = {}
-    for t in t_list:
-        model, _, _ = load_model(last, device=dev)  # fresh trained model for every T_retrain
-        curve = {"sparsity": [sparsity(model)], "test_acc": [acc0[t]], "test_acc_at_T": [acc_T],
-                 "acc_before_retrain": [None], "retrain_seconds": [0.0], "checkpoint": [str(last)]}
-        for r in range(1, rounds + 1):
-            s = prune_round(model, rate)
-            if early_state is not None:
-                rewind_weights(model, early_state)
-            model.timesteps = t
-            cfg = dataclasses.replace(config, timesteps=t, epochs=n_retrain, lr=retrain_lr, fisher_every=0,
-                                      checkpoint_epochs=[], out=str(out_dir / f"T{t}" / f"round{r}"),
-                                      device=str(dev), progress=progress)
-            round_run = RunDir(cfg.out)
-            trainer = Trainer(cfg, model=model, train_set=train_set, test_set=test_set, run_dir=round_run,
-                              extra_config={"pruning": {"source_run": str(run.path), "T": T, "T_retrain": t,
-                                                        "round": r, "rounds": rounds, "rate": float(rate),
-                                                        "sparsity": s, "rewind_epoch": rewind_epoch}})
-            history = trainer.fit()
-            acc = history[-1]["test_acc"]
-            curve["sparsity"].append(sparsity(model))
-            curve["test_acc"].append(acc)
-            curve["test_acc_at_T"].append(acc if t == T else _eval_at(model, test_set, T, config.eval_batch_size, amp))
-            curve["acc_before_retrain"].append(history[0]["test_acc"])
-            curve["retrain_seconds"].append(sum(h.get("seconds") or 0.0 for h in history))
-            curve["checkpoint"].append(str(round_run.checkpoint_path()))
-            _say(progress, f"T_retrain={t} round {r}/{rounds}: sparsity {100 * curve['sparsity'][-1]:.2f}%, "
-                 f"test acc {100 * acc:.2f}% (after pruning, before retraining: {100 * history[0]['test_acc']:.2f}%)")
-        curves[str(t)] = curve
-
-    result = {
-        "T": T,
-        "rounds": rounds,
-        "rate": float(rate),
-        "retrain_epochs": n_retrain,
-        "curves": curves,
-        "compute_saving": {str(t): compute_saving(N, n_retrain, rounds, T, t) for t in t_list},
-        "auto": auto_info,
-        "round0": {"test_acc_at_T": acc_T, "test_acc": {str(t): a for t, a in acc0.items()}},
-        "settings": {
-            "run": str(run.path), "checkpoint": str(last), "model": config.model, "dataset": config.dataset,
-            "subset": config.subset, "test_subset": config.test_subset, "original_epochs": N,
-            "t_retrain": "auto" if auto else t_list, "rounds": rounds, "rate": float(rate),
-            "expected_sparsity": 1 - (1 - float(rate)) ** rounds, "retrain_epochs": n_retrain,
-            "lr": retrain_lr, "lr_rule": "given" if lr is not None else "run lr x 0.1",
-            "optimizer": config.optimizer, "schedule": config.schedule, "loss": config.loss,
-            "batch_size": config.batch_size, "seed": config.seed, "rewind_epoch": rewind_epoch,
-            "q": float(q), "fisher_samples": fisher_samples, "device": str(dev),
-            "prunable": "every Conv1d/Conv2d/Linear weight, global L1 magnitude",
-            "accuracy": "test_acc is measured at T_retrain timesteps; test_acc_at_T at the trained T",
-        },
-    }
-    if int(os.environ.get("RANK", 0)) == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out_dir / "pruning.json", result)
-        atomic_write_text(out_dir / "pruning.md", to_markdown(result))
-        plots.save(plots.plot_pruning(result), fig_base)
-    result["files"] = {"json": str(out_dir / "pruning.json"), "markdown": str(out_dir / "pruning.md"),
-                       "figure": [str(fig_base.with_suffix(s)) for s in (".png", ".pdf")]}
-    return result
+    listing = ", ".join(f"t<={i + 1}: {100 * f:.1f}%" for i, f in enumerate(share))
+    return chosen, (f"cumulative share of the temporal Fisher information: {listing}. "
+                    f"The smallest t reaching q = {100 * q:g}% is {chosen}, so T_retrain = {chosen} (of T = {T})"
+                    + (f"; {_steps(chosen + 1, T)} {100 * (1 - share[chosen - 1]):.1f}% of the information."
+                       if chosen < T else "."))
 
 
 def to_markdown(result: Mapping[str, Any]) -> str:

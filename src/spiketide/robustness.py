@@ -1,94 +1,89 @@
 """Robustness of SNNs to noise, blur and adversarial attacks (Table 1 of the paper).
 
-Table 1 reports, for each model, clean accuracy and the accuracy (and drop w.r.t.
-clean) under
+Table 1 reports, for each model, clean accuracy and the accuracy (and drop w.r.t. clean) under
 
 * Gaussian noise whose l2 norm is 50% of the input's l2 norm,
 * blur: bilinear downsampling by 2 (32x32 -> 16x16) and bilinear upsampling back,
 * FGSM with eps = 8/255 (single signed-gradient step),
 * l-inf PGD with eps = 8/255, step alpha = 4/255, n = 10 iterations.
 
-Conventions (shared by the package): a model maps pixels in [0, 1], either a static
-batch ``[B, C, H, W]`` (same image every timestep) or a per-timestep batch
-``[T, B, C, H, W]``, to logits ``[T, B, num_classes]``; the prediction is the mean
-over timesteps. A 5-D input is therefore always read as per-timestep. Attack budgets
-are in pixel space because models normalise inputs themselves, and gradients flow
-through the surrogate spike function (BPTT), so the attacks are plain autograd.
+The corruptions and attacks are small pure functions of a batch. Every dataset-level result is one
+accuracy pass (`evaluation.accuracy`) per named perturbation `(x, y) -> x'`. A 5-D input is always
+read as per-timestep `[T, B, C, H, W]`. Budgets are in pixel space (models normalise inputs
+themselves); gradients flow through the surrogate spike function (BPTT), so attacks are plain autograd.
 
-Beyond the paper: every attack takes ``timesteps`` (0-based indices) to perturb only
-some timesteps (the paper's Discussion suggests attacking the early, information-rich
-timesteps), an eps sweep with a gradient-masking check, and a first-k vs last-k
-windowed attack report.
+Beyond the paper: attacks take `timesteps` (0-based) to perturb only some timesteps (the Discussion
+suggests the early, information-rich ones are the vulnerable ones), an eps sweep with a
+gradient-masking check, a first-k vs last-k windowed attack report, and Fig. 2's time-window deficits.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from spiketide.errors import ConfigError, ModelOutputError
+from spiketide import evaluation, progress as progress_bar
+from spiketide.errors import ConfigError
 
 __all__ = [
-    "predict",
-    "gaussian_noise",
-    "blur",
-    "windowed_input",
-    "fgsm",
-    "pgd",
-    "evaluate",
-    "eps_sweep",
-    "time_window_deficits",
-    "check_gradient_masking",
-    "windowed_attack_report",
-    "to_markdown",
-    "to_markdown_table",
+    "predict", "gaussian_noise", "blur", "windowed_input", "fgsm", "pgd", "evaluate", "eps_sweep",
+    "time_window_deficits", "check_gradient_masking", "windowed_attack_report", "to_markdown", "to_markdown_table",
     "DEFAULT_EPS_LIST",
 ]
 
 DEFAULT_EPS_LIST: tuple[float, ...] = (0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255)
 
-
-# ---------------------------------------------------------------------------
-# Model output handling
-# ---------------------------------------------------------------------------
-
-
-def _is_per_timestep(x: Tensor) -> bool:
-    """A 5-D input is ``[T, B, C, H, W]`` (package convention); anything else is ``[B, ...]``."""
-    return x.ndim == 5
-
-
-def _batch_size(x: Tensor) -> int:
-    return int(x.shape[1] if _is_per_timestep(x) else x.shape[0])
-
-
-def _forward(model: nn.Module, x: Tensor) -> Tensor:
-    """Run ``model`` and check it returned logits ``[T, B, C]`` with the input's batch size."""
-    out = model(x)
-    batch = _batch_size(x)
-    if not isinstance(out, Tensor):
-        raise ModelOutputError(
-            f"model returned {type(out).__name__}; expected a logits tensor of shape [T, B={batch}, num_classes]"
-        )
-    if out.ndim != 3 or out.shape[1] != batch:
-        raise ModelOutputError(
-            f"model returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)}; "
-            f"expected logits [T, B={batch}, num_classes] (the prediction is the mean over T)"
-        )
-    return out
+Perturbation = Callable[[Tensor, Tensor], Tensor]
 
 
 def predict(model: nn.Module, x: Tensor) -> Tensor:
-    """Logits ``[B, C]``: the model's output averaged over timesteps (the horizon-T output, Eq. 4)."""
-    return _forward(model, x).mean(0)
+    """Logits `[B, C]`: the model's output averaged over timesteps (the horizon-T output, Eq. 4)."""
+    return evaluation.logits(model, x).mean(0)
+
+
+# ---------------------------------------------------------------------------
+# Option checks, shared by the batch functions and the dataset-level entries
+# ---------------------------------------------------------------------------
+
+
+def _check_nonneg(name: str, value: float) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _check_pgd(step: float, iters: int, step_name: str = "PGD step") -> None:
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+        raise ConfigError(f"PGD iters must be an integer >= 0, got {iters!r}")
+    if iters > 0 and (not math.isfinite(step) or step <= 0):
+        raise ConfigError(f"{step_name} must be a finite number > 0, got {step}")
+
+
+def _check_blur(factor: int, h: int, w: int) -> None:
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ConfigError(f"blur factor must be an integer >= 1, got {factor!r}")
+    if h // factor < 1 or w // factor < 1:
+        raise ConfigError(f"blur factor {factor} is too large for {h}x{w} images")
+
+
+def _check_steps(timesteps: Iterable[int], T: int) -> list[int]:
+    """The chosen 0-based timesteps as a list, each checked to lie in [0, T-1]."""
+    steps = list(timesteps.flatten().tolist() if isinstance(timesteps, Tensor) else timesteps)
+    if not steps:
+        raise ConfigError("timesteps is empty: choose at least one 0-based timestep to perturb")
+    for t in steps:
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < T:
+            raise ConfigError(f"timesteps must be integers in [0, {T - 1}] (0-based, T={T}), got {t!r}")
+    return steps
+
+
+def _check_window(name: str, value: int, T: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= T:
+        raise ConfigError(f"{name} must be an integer in [1, T={T}], got {value!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -97,42 +92,26 @@ def predict(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def _sample_dims(x: Tensor) -> tuple[int, ...]:
-    start = 2 if _is_per_timestep(x) else 1
-    return tuple(range(start, x.ndim))
+    return tuple(range(2 if x.ndim == 5 else 1, x.ndim))
 
 
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    # Draw on the generator's device and move, so a CPU generator gives the same
-    # noise whichever device the images live on.
+def _draw(sample: Callable[..., Tensor], x: Tensor, generator: torch.Generator | None) -> Tensor:
+    # Drawn on the generator's device and moved, so a CPU generator gives the same values on any device.
     device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+    return sample(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
 
-def _rand_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    device = generator.device if generator is not None else x.device
-    return torch.rand(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+def gaussian_noise(x: Tensor, ratio: float = 0.5, generator: torch.Generator | None = None, clip: bool = True) -> Tensor:
+    """Add Gaussian noise whose l2 norm is `ratio` x the input's l2 norm (Table 1: 50%).
 
-
-def gaussian_noise(
-    x: Tensor,
-    ratio: float = 0.5,
-    generator: torch.Generator | None = None,
-    clip: bool = True,
-) -> Tensor:
-    """Add Gaussian noise whose l2 norm is ``ratio`` x the input's l2 norm (Table 1: 50%).
-
-    The norm is taken per sample for ``[B, ...]`` inputs and per sample per timestep
-    for per-timestep ``[T, B, C, H, W]`` inputs. The drawn noise is rescaled so the
-    ratio is exact *before* clipping; with ``clip=True`` (default, keeps valid pixels)
-    the result is clipped to [0, 1], which makes the realised noise norm slightly
-    smaller than ``ratio`` x ||x||.
+    The norm is per sample (per sample and timestep for `[T, B, C, H, W]`). The ratio is exact
+    before clipping; `clip=True` keeps valid pixels, so the realised norm is slightly smaller.
     """
-    if not math.isfinite(ratio) or ratio < 0:
-        raise ConfigError(f"noise ratio must be a finite number >= 0, got {ratio}")
+    _check_nonneg("noise ratio", ratio)
     if not x.is_floating_point():
         raise ConfigError(f"gaussian_noise expects float pixels in [0, 1], got dtype {x.dtype}")
     dims = _sample_dims(x)
-    noise = _randn_like(x, generator)
+    noise = _draw(torch.randn, x, generator)
     x_norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True)
     n_norm = torch.linalg.vector_norm(noise, dim=dims, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
     out = x + noise * (ratio * x_norm / n_norm)
@@ -140,23 +119,17 @@ def gaussian_noise(
 
 
 def blur(x: Tensor, factor: int = 2) -> Tensor:
-    """Bilinear downsample to ``H // factor`` x ``W // factor`` and back to H x W (Table 1 Blur).
+    """Bilinear downsample to `H // factor` x `W // factor` and back (Table 1 Blur, after Achille et al. 2018).
 
-    Follows Achille et al. (2018) as in the paper (32x32 -> 16x16 -> 32x32), with
-    ``align_corners=False``. Accepts ``[B, C, H, W]`` or ``[T, B, C, H, W]``.
+    32x32 -> 16x16 -> 32x32 with `align_corners=False`; accepts `[B, C, H, W]` or `[T, B, C, H, W]`.
     """
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-        raise ConfigError(f"blur factor must be an integer >= 1, got {factor!r}")
     if x.ndim not in (4, 5):
         raise ConfigError(f"blur expects images [B, C, H, W] or [T, B, C, H, W], got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]
-    small = (h // factor, w // factor)
-    if min(small) < 1:
-        raise ConfigError(f"blur factor {factor} is too large for {h}x{w} images")
+    _check_blur(factor, h, w)
     flat = x.reshape(-1, *x.shape[-3:])
-    down = F.interpolate(flat, size=small, mode="bilinear", align_corners=False)
-    up = F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False)
-    return up.reshape(x.shape)
+    down = F.interpolate(flat, size=(h // factor, w // factor), mode="bilinear", align_corners=False)
+    return F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False).reshape(x.shape)
 
 
 # ---------------------------------------------------------------------------
@@ -164,46 +137,29 @@ def blur(x: Tensor, factor: int = 2) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
-def _timestep_mask(timesteps: Iterable[int], T: int, like: Tensor) -> Tensor:
-    """``[T]`` 0/1 mask of the chosen 0-based timesteps, validated."""
-    if isinstance(timesteps, Tensor):
-        timesteps = timesteps.flatten().tolist()
-    steps = list(timesteps)
-    if not steps:
-        raise ConfigError("timesteps is empty: choose at least one 0-based timestep to perturb")
-    for t in steps:
-        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < T:
-            raise ConfigError(f"timesteps must be integers in [0, {T - 1}] (0-based, T={T}), got {t!r}")
-    mask = torch.zeros(T, dtype=like.dtype, device=like.device)
-    mask[sorted(set(steps))] = 1
-    return mask
-
-
 def windowed_input(x: Tensor, delta: Tensor, timesteps: Iterable[int], T: int) -> Tensor:
-    """Per-timestep input ``[T, B, ...]`` equal to ``x`` except ``x + delta`` at ``timesteps``.
+    """Per-timestep input `[T, B, ...]` equal to `x` except `x + delta` at the 0-based `timesteps`.
 
-    ``x`` is a static batch ``[B, ...]`` (repeated over T) or a per-timestep batch
-    ``[T, B, C, H, W]``; ``delta`` is either shaped like one timestep ``[B, ...]``
-    (the same perturbation at every chosen timestep) or like the full ``[T, B, ...]``.
-    Timesteps are 0-based. No clipping is done here: keep ``x + delta`` in [0, 1].
+    `x` is static `[B, ...]` (repeated over T) or per-timestep `[T, B, C, H, W]`; `delta` is shaped
+    like one timestep (the same perturbation at every chosen timestep) or like the full `[T, B, ...]`.
+    No clipping here: keep `x + delta` in [0, 1].
     """
     if T < 1:
         raise ConfigError(f"T must be >= 1, got {T}")
-    if _is_per_timestep(x):
-        if x.shape[0] != T:
-            raise ConfigError(f"x has {x.shape[0]} timesteps but T={T}")
-        xt = x
-    else:
-        xt = x.unsqueeze(0).expand(T, *x.shape)
+    if x.ndim == 5 and x.shape[0] != T:
+        raise ConfigError(f"x has {x.shape[0]} timesteps but T={T}")
+    xt = x if x.ndim == 5 else x.unsqueeze(0).expand(T, *x.shape)
     d = delta if delta.ndim == xt.ndim else delta.unsqueeze(0)
     if d.shape[1:] != xt.shape[1:] or d.shape[0] not in (1, T):
         raise ConfigError(f"delta shape {tuple(delta.shape)} does not fit x shape {tuple(x.shape)} with T={T}")
-    mask = _timestep_mask(timesteps, T, xt).view(T, *([1] * (xt.ndim - 1)))
-    return xt + mask * d
+    mask = torch.zeros(T, dtype=xt.dtype, device=xt.device)
+    mask[sorted(set(_check_steps(timesteps, T)))] = 1
+    return xt + mask.view(T, *([1] * (xt.ndim - 1))) * d
 
 
 def _infer_T(model: nn.Module, x: Tensor, T: int | None) -> int:
-    if _is_per_timestep(x):
+    """T from a per-timestep `x`, from `T`, or by running the model once."""
+    if x.ndim == 5:
         if T is not None and T != x.shape[0]:
             raise ConfigError(f"T={T} but the per-timestep input has {x.shape[0]} timesteps")
         return int(x.shape[0])
@@ -212,68 +168,52 @@ def _infer_T(model: nn.Module, x: Tensor, T: int | None) -> int:
             raise ConfigError(f"T must be a positive integer, got {T!r}")
         return T
     with torch.no_grad():
-        return int(_forward(model, x).shape[0])
+        return int(evaluation.logits(model, x).shape[0])
 
 
 def _check_attack_args(x: Tensor, y: Tensor, eps: float) -> None:
     if not x.is_floating_point():
         raise ConfigError(f"attacks expect float pixels in [0, 1], got dtype {x.dtype}")
-    if not math.isfinite(eps) or eps < 0:
-        raise ConfigError(f"eps must be a finite number >= 0, got {eps}")
-    if y.ndim != 1 or y.shape[0] != _batch_size(x) or y.is_floating_point():
-        raise ConfigError(f"labels must be integer class indices [B={_batch_size(x)}], got {tuple(y.shape)} {y.dtype}")
+    _check_nonneg("eps", eps)
+    b = evaluation.batch_size_of(x)
+    if y.ndim != 1 or y.shape[0] != b or y.is_floating_point():
+        raise ConfigError(f"labels must be integer class indices [B={b}], got {tuple(y.shape)} {y.dtype}")
 
 
 class _Perturber:
-    """Builds the attacked input from ``delta`` and takes gradients w.r.t. ``delta`` only."""
+    """Builds the attacked input from `delta` and takes gradients w.r.t. `delta` only."""
 
     def __init__(self, model: nn.Module, x: Tensor, y: Tensor, timesteps: Iterable[int] | None, T: int | None):
         self.model, self.x, self.y = model, x, y
-        self.steps: list[int] | None = None
-        self.T: int | None = None
-        if timesteps is not None:
+        self.steps = self.T = None
+        if timesteps is not None:  # checked before any gradient work
             self.T = _infer_T(model, x, T)
-            self.steps = list(timesteps.flatten().tolist() if isinstance(timesteps, Tensor) else timesteps)
-            _timestep_mask(self.steps, self.T, x)  # validate early, before any gradient work
+            self.steps = _check_steps(timesteps, self.T)
 
     def apply(self, delta: Tensor) -> Tensor:
-        if self.steps is None:
-            return self.x + delta
-        return windowed_input(self.x, delta, self.steps, self.T)
+        return self.x + delta if self.steps is None else windowed_input(self.x, delta, self.steps, self.T)
 
     def grad(self, delta: Tensor) -> Tensor:
         # autograd.grad w.r.t. delta only: parameter .grad fields are left untouched.
         with torch.enable_grad():
             delta = delta.detach().requires_grad_(True)
-            logits = predict(self.model, self.apply(delta))
             # Sum, not mean, so a sample's gradient does not shrink with batch size.
-            loss = F.cross_entropy(logits, self.y, reduction="sum")
+            loss = F.cross_entropy(predict(self.model, self.apply(delta)), self.y, reduction="sum")
             if not loss.requires_grad:
-                # No differentiable path from input to output (e.g. a hard threshold
-                # without surrogate): the attack sees a zero gradient, which is exactly
-                # the gradient masking that check_gradient_masking looks for.
+                # No differentiable path (e.g. a hard threshold without surrogate): a zero gradient,
+                # exactly the gradient masking that check_gradient_masking looks for.
                 return torch.zeros_like(delta)
             (g,) = torch.autograd.grad(loss, delta, allow_unused=True)
         return torch.zeros_like(delta) if g is None else g
 
 
-def fgsm(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    eps: float = 8 / 255,
-    *,
-    timesteps: Iterable[int] | None = None,
-    T: int | None = None,
-) -> Tensor:
-    """FGSM (Goodfellow et al. 2014; Table 1 uses eps = 8/255).
+def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, *,
+         timesteps: Iterable[int] | None = None, T: int | None = None) -> Tensor:
+    """FGSM (Goodfellow et al. 2014; Table 1 uses eps = 8/255): `clip(x + eps sign(grad_x CE(mean_t logits, y)))`.
 
-    ``x_adv = clip(x + eps * sign(grad_x CE(mean_t logits, y)), 0, 1)``. The model's
-    train/eval mode is left as is (put it in eval first).
-
-    With ``timesteps`` (0-based indices, beyond the paper) only those timesteps are
-    perturbed and the result is a per-timestep input ``[T, B, ...]``; T is taken from
-    ``T``, from a per-timestep ``x``, or by running the model once.
+    The model's mode is left as is (put it in eval first). With `timesteps` (0-based, beyond the
+    paper) only those timesteps are perturbed and the result is `[T, B, ...]`; T comes from `T`, a
+    per-timestep `x`, or one run of the model.
     """
     _check_attack_args(x, y, eps)
     p = _Perturber(model, x, y, timesteps, T)
@@ -282,36 +222,21 @@ def fgsm(
     return p.apply(delta).clamp(0.0, 1.0).detach()
 
 
-def pgd(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    eps: float = 8 / 255,
-    step: float = 4 / 255,
-    iters: int = 10,
-    random_start: bool = True,
-    generator: torch.Generator | None = None,
-    *,
-    timesteps: Iterable[int] | None = None,
-    T: int | None = None,
-) -> Tensor:
+def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, step: float = 4 / 255, iters: int = 10,
+        random_start: bool = True, generator: torch.Generator | None = None, *,
+        timesteps: Iterable[int] | None = None, T: int | None = None) -> Tensor:
     """l-inf PGD (Madry et al. 2017; Table 1 uses eps = 8/255, alpha = 4/255, n = 10).
 
-    Each iteration takes a signed-gradient step of size ``step`` on the CE of the
-    mean-over-time logits, then projects onto the eps-ball around ``x`` and onto
-    [0, 1]. ``random_start`` begins from a uniform point in the eps-ball (drawn from
-    ``generator``). ``timesteps``/``T`` restrict the perturbation to some timesteps,
-    as in :func:`fgsm`; the result is then ``[T, B, ...]``.
+    Each iteration takes a signed-gradient step of size `step` on the CE of the mean-over-time
+    logits and projects onto the eps-ball around `x` and onto [0, 1]. `random_start` begins at a
+    uniform point of the eps-ball drawn from `generator`. `timesteps`/`T` as in :func:`fgsm`.
     """
     _check_attack_args(x, y, eps)
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-        raise ConfigError(f"PGD iters must be an integer >= 0, got {iters!r}")
-    if iters > 0 and (not math.isfinite(step) or step <= 0):
-        raise ConfigError(f"PGD step must be a finite number > 0, got {step}")
+    _check_pgd(step, iters)
     p = _Perturber(model, x, y, timesteps, T)
     delta = torch.zeros_like(x)
     if random_start and eps > 0:
-        delta = (2 * _rand_like(x, generator) - 1) * eps
+        delta = (2 * _draw(torch.rand, x, generator) - 1) * eps
         delta = (x + delta).clamp(0.0, 1.0) - x
     for _ in range(iters):
         delta = delta + step * p.grad(delta).sign()
@@ -321,86 +246,44 @@ def pgd(
 
 
 # ---------------------------------------------------------------------------
-# Dataset-level evaluation
+# Dataset level: one accuracy pass per named perturbation
 # ---------------------------------------------------------------------------
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval and restore each one's own flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, was_training in flags:
-            m.training = was_training
-
-
-def _model_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-def _as_tensor(a: Any, name: str) -> Tensor:
-    try:
-        return a if isinstance(a, Tensor) else torch.as_tensor(a)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"{name} could not be converted to a tensor: {exc}") from exc
-
-
-def _check_dataset(images: Any, labels: Any, batch_size: int) -> tuple[Tensor, Tensor]:
-    images, labels = _as_tensor(images, "images"), _as_tensor(labels, "labels")
-    if labels.ndim != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
-        raise ConfigError(f"labels must be a 1-D integer tensor, got shape {tuple(labels.shape)} {labels.dtype}")
-    if images.ndim < 2 or images.shape[0] != labels.shape[0]:
-        raise ConfigError(
-            f"images {tuple(images.shape)} and labels {tuple(labels.shape)} must have the same length N "
-            "(images are [N, C, H, W], uint8 or float in [0, 1])"
-        )
-    if images.shape[0] == 0:
-        raise ConfigError("no images to evaluate")
-    if images.dtype != torch.uint8 and not images.is_floating_point():
-        raise ConfigError(f"images must be uint8 (0..255) or float in [0, 1], got dtype {images.dtype}")
+def _dataset(images: Any, labels: Any, batch_size: int) -> tuple[Tensor, Tensor]:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return images, labels
+    return evaluation.check_images(images, labels)
 
 
-def _iter_batches(
-    images: Tensor, labels: Tensor, batch_size: int, device: torch.device
-) -> Iterator[tuple[Tensor, Tensor]]:
-    for start in range(0, images.shape[0], batch_size):
-        xb = images[start : start + batch_size].to(device)
-        if xb.dtype == torch.uint8:
-            xb = xb.float().div_(255.0)
-        else:
-            xb = xb.float()
-            lo, hi = float(xb.min()), float(xb.max())
-            if lo < 0.0 or hi > 1.0:
-                raise ConfigError(
-                    f"float images must be pixels in [0, 1] (models normalise themselves), got range [{lo:.3g}, {hi:.3g}]"
-                )
-        yield xb, labels[start : start + batch_size].to(device).long()
-
-
-def _progress(total: int, desc: str, progress: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="batch", disable=not (progress and sys.stderr.isatty()), leave=False)
-
-
-def _n_correct(model: nn.Module, x: Tensor, y: Tensor) -> int:
-    with torch.no_grad():
-        return int((predict(model, x).argmax(-1) == y).sum())
+def _model_T(model: nn.Module, images: Tensor, T: int | None) -> int:
+    """T of the model on these images: given, or read from one eval-mode forward pass on the first image."""
+    with evaluation.eval_mode(model):
+        return _infer_T(model, evaluation.to_float(images[:1].to(evaluation.model_device(model))), T)
 
 
 def _generator(seed: int) -> torch.Generator:
-    # Always a CPU generator: the same seed gives the same draws on any device.
+    # Always on the CPU: the same seed gives the same draws on any device.
     return torch.Generator().manual_seed(int(seed))
+
+
+def _pgd_attack(model: nn.Module, eps: float, step: float, iters: int, random_start: bool, seed: int,
+                timesteps: Sequence[int] | None = None, T: int | None = None) -> Perturbation:
+    # Random starts always come from seed + 1, so the same settings give the same attack in every report.
+    gen = _generator(seed + 1)
+    return lambda x, y: pgd(model, x, y, eps, step, iters, random_start, gen, timesteps=timesteps, T=T)
+
+
+def _accuracies(model: nn.Module, images: Tensor, labels: Tensor, perturbations: Mapping[str, Perturbation | None],
+                batch_size: int, desc: str, show: bool) -> dict[str, float]:
+    """Accuracy under each named perturbation (None: clean), one pass each, in eval mode (modes restored).
+
+    Each perturbation holds its own generator, so its numbers do not depend on what else is measured.
+    """
+    total = math.ceil(len(labels) / batch_size) * len(perturbations)
+    with progress_bar.bar(total, desc, enabled=show) as bar:
+        return {name: evaluation.accuracy(model, images, labels, batch_size, perturb=p, on_batch=bar.update)
+                for name, p in perturbations.items()}
 
 
 def evaluate(
@@ -418,67 +301,46 @@ def evaluate(
     blur_factor: int = 2,
     attack_timesteps: Sequence[int] | None = None,
     seed: int = 0,
-    device: torch.device | str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Table 1 row: clean / Gaussian-noise / blur / FGSM / PGD accuracy of ``model``.
+    """Table 1 row: clean / Gaussian-noise / blur / FGSM / PGD accuracy of `model`.
 
-    ``images`` are ``[N, C, H, W]`` uint8 (divided by 255) or float in [0, 1];
-    ``labels`` are ``[N]`` class indices. Defaults are the paper's settings. The model
-    is put in eval mode for the duration and restored afterwards. Noise and PGD random
-    starts come from CPU generators seeded with ``seed``, so results reproduce.
-    ``attack_timesteps`` (beyond the paper) restricts FGSM/PGD to those 0-based
-    timesteps.
+    `images` are `[N, C, H, W]` uint8 or float in [0, 1], `labels` `[N]`; defaults are the paper's
+    settings. Noise comes from a CPU generator seeded with `seed`, PGD random starts from `seed + 1`.
+    `attack_timesteps` (beyond the paper) restricts FGSM/PGD to those 0-based timesteps.
 
-    Returns accuracies in [0, 1] under ``clean``, ``gaussian``, ``blur``, ``fgsm``,
-    ``pgd``; ``drop`` (clean minus each); ``settings``; and ``warnings`` (e.g. PGD
-    weaker than FGSM, a sign of gradient masking).
+    Returns accuracies in [0, 1] under `clean`, `gaussian`, `blur`, `fgsm`, `pgd`; `drop` (clean minus
+    each); `settings`; and `warnings` (e.g. PGD weaker than FGSM, a sign of gradient masking).
     """
-    images, labels = _check_dataset(images, labels, batch_size)
-    dev = _model_device(model, device)
-    noise_gen, pgd_gen = _generator(seed), _generator(seed + 1)
-    n = int(labels.shape[0])
-    keys = ("clean", "gaussian", "blur", "fgsm", "pgd")
-    correct = dict.fromkeys(keys, 0)
-    T: int | None = None
-    n_batches = math.ceil(n / batch_size)
-    with _eval_mode(model), _progress(n_batches, "robustness", progress) as bar:
-        for xb, yb in _iter_batches(images, labels, batch_size, dev):
-            if attack_timesteps is not None and T is None:
-                T = _infer_T(model, xb, None)
-            correct["clean"] += _n_correct(model, xb, yb)
-            correct["gaussian"] += _n_correct(model, gaussian_noise(xb, noise_ratio, noise_gen, clip=noise_clip), yb)
-            correct["blur"] += _n_correct(model, blur(xb, blur_factor), yb)
-            x_f = fgsm(model, xb, yb, eps, timesteps=attack_timesteps, T=T)
-            correct["fgsm"] += _n_correct(model, x_f, yb)
-            x_p = pgd(model, xb, yb, eps, pgd_step, pgd_iters, random_start, pgd_gen, timesteps=attack_timesteps, T=T)
-            correct["pgd"] += _n_correct(model, x_p, yb)
-            bar.update(1)
-    result: dict[str, Any] = {k: correct[k] / n for k in keys}
-    result["drop"] = {k: result["clean"] - result[k] for k in keys[1:]}
+    images, labels = _dataset(images, labels, batch_size)
+    _check_nonneg("eps", eps)
+    _check_pgd(pgd_step, pgd_iters)
+    _check_nonneg("noise ratio", noise_ratio)
+    _check_blur(blur_factor, *images.shape[-2:])
+    T = None
+    if attack_timesteps is not None:
+        T = _model_T(model, images, None)
+        attack_timesteps = _check_steps(attack_timesteps, T)
+    noise = _generator(seed)
+    result: dict[str, Any] = _accuracies(model, images, labels, {
+        "clean": None,
+        "gaussian": lambda x, y: gaussian_noise(x, noise_ratio, noise, clip=noise_clip),
+        "blur": lambda x, y: blur(x, blur_factor),
+        "fgsm": lambda x, y: fgsm(model, x, y, eps, timesteps=attack_timesteps, T=T),
+        "pgd": _pgd_attack(model, eps, pgd_step, pgd_iters, random_start, seed, attack_timesteps, T),
+    }, batch_size, "robustness", progress)
+    result["drop"] = {k: result["clean"] - result[k] for k in ("gaussian", "blur", "fgsm", "pgd")}
     result["settings"] = {
-        "n": n,
-        "batch_size": batch_size,
-        "fgsm_eps": eps,
-        "pgd_eps": eps,
-        "pgd_step": pgd_step,
-        "pgd_iters": pgd_iters,
-        "pgd_random_start": random_start,
-        "noise_ratio": noise_ratio,
-        "noise_clip": noise_clip,
-        "blur_factor": blur_factor,
-        "attack_timesteps": None if attack_timesteps is None else list(attack_timesteps),
-        "seed": seed,
-        "device": str(dev),
+        "n": len(labels), "batch_size": batch_size, "fgsm_eps": eps, "pgd_eps": eps, "pgd_step": pgd_step,
+        "pgd_iters": pgd_iters, "pgd_random_start": random_start, "noise_ratio": noise_ratio,
+        "noise_clip": noise_clip, "blur_factor": blur_factor, "attack_timesteps": attack_timesteps, "seed": seed,
+        "device": str(evaluation.model_device(model)),
     }
-    warnings: list[str] = []
     # PGD from the FGSM budget with more steps should never be clearly weaker.
-    if pgd_iters > 0 and result["pgd"] > result["fgsm"] + 0.02:
-        warnings.append(
-            f"PGD accuracy {result['pgd']:.2%} is above FGSM accuracy {result['fgsm']:.2%}: "
-            "gradients may be masked (check with eps_sweep/check_gradient_masking)"
-        )
-    result["warnings"] = warnings
+    result["warnings"] = [
+        f"PGD accuracy {result['pgd']:.2%} is above FGSM accuracy {result['fgsm']:.2%}: "
+        "gradients may be masked (check with eps_sweep/check_gradient_masking)"
+    ] if pgd_iters > 0 and result["pgd"] > result["fgsm"] + 0.02 else []
     return result
 
 
@@ -494,13 +356,12 @@ def eps_sweep(
     pgd_iters: int = 10,
     random_start: bool = True,
     seed: int = 0,
-    device: torch.device | str | None = None,
     progress: bool = True,
 ) -> list[tuple[float, float]]:
-    """Accuracy under ``attack`` ("pgd" or "fgsm") for each eps: ``[(eps, acc), ...]``.
+    """Accuracy under `attack` ("pgd" or "fgsm") for each eps: `[(eps, acc), ...]`.
 
-    The PGD step is ``pgd_step_ratio * eps`` (0.5 matches the paper's 4/255 for 8/255).
-    Feed the result to :func:`check_gradient_masking`.
+    The PGD step is `pgd_step_ratio * eps` (0.5 matches the paper's 4/255 for 8/255), so the
+    8/255 point equals :func:`evaluate`'s PGD. Feed the result to :func:`check_gradient_masking`.
     """
     if attack not in ("pgd", "fgsm"):
         raise ConfigError(f"attack must be 'pgd' or 'fgsm', got {attack!r}")
@@ -508,25 +369,20 @@ def eps_sweep(
     if not eps_values:
         raise ConfigError("eps_list is empty")
     for e in eps_values:
-        if not math.isfinite(e) or e < 0:
-            raise ConfigError(f"eps values must be finite and >= 0, got {e}")
-    images, labels = _check_dataset(images, labels, batch_size)
-    dev = _model_device(model, device)
-    gen = _generator(seed)
-    correct = [0] * len(eps_values)
-    n = int(labels.shape[0])
-    with _eval_mode(model), _progress(math.ceil(n / batch_size), f"{attack} eps sweep", progress) as bar:
-        for xb, yb in _iter_batches(images, labels, batch_size, dev):
-            for i, e in enumerate(eps_values):
-                if e == 0:
-                    x_adv = xb
-                elif attack == "fgsm":
-                    x_adv = fgsm(model, xb, yb, e)
-                else:
-                    x_adv = pgd(model, xb, yb, e, pgd_step_ratio * e, pgd_iters, random_start, gen)
-                correct[i] += _n_correct(model, x_adv, yb)
-            bar.update(1)
-    return [(e, c / n) for e, c in zip(eps_values, correct)]
+        _check_nonneg("eps", e)
+    _check_pgd(pgd_step_ratio, pgd_iters, "pgd_step_ratio")
+    images, labels = _dataset(images, labels, batch_size)
+
+    def attacked(e: float) -> Perturbation | None:
+        if e == 0:
+            return None
+        if attack == "fgsm":
+            return lambda x, y: fgsm(model, x, y, e)
+        return _pgd_attack(model, e, pgd_step_ratio * e, pgd_iters, random_start, seed)
+
+    acc = _accuracies(model, images, labels, {repr(e): attacked(e) for e in eps_values}, batch_size,
+                      f"{attack} eps sweep", progress)
+    return [(e, acc[repr(e)]) for e in eps_values]
 
 
 def check_gradient_masking(
@@ -536,14 +392,13 @@ def check_gradient_masking(
     large_eps: float = 32 / 255,
     tolerance: float = 0.02,
 ) -> str | None:
-    """Warning text if an eps sweep looks like gradient masking, else ``None``.
+    """Warning text if an eps sweep looks like gradient masking, else `None`.
 
-    Under a working white-box attack accuracy falls (roughly) monotonically with eps
-    and reaches ~0 at large eps. SNNs often break this (spike non-differentiability,
-    surrogate-gradient mismatch), which makes attacks look weak and robustness look
-    inflated. Flags: accuracy rising by more than ``tolerance`` as eps grows, or
-    accuracy above ``max_final_acc`` at the largest eps when that eps >= ``large_eps``
-    (skipped when clean accuracy is itself below ``max_final_acc``).
+    Under a working white-box attack accuracy falls (roughly) monotonically with eps and reaches ~0
+    at large eps. SNNs often break this (spike non-differentiability, surrogate-gradient mismatch),
+    which inflates robustness. Flags: accuracy rising by more than `tolerance` as eps grows, or
+    accuracy above `max_final_acc` at the largest eps when that eps >= `large_eps` (skipped when
+    clean accuracy is itself below `max_final_acc`).
     """
     if not sweep:
         raise ConfigError("empty eps sweep")
@@ -578,47 +433,32 @@ def windowed_attack_report(
     T: int | None = None,
     batch_size: int = 256,
     seed: int = 0,
-    device: torch.device | str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """PGD accuracy when only the first k vs only the last k timesteps are attacked.
 
-    Beyond the paper: its Discussion notes early timesteps carry the information (TIC)
-    and so should be the vulnerable ones. Each window gets one perturbation shared by
-    its timesteps, with the same l-inf budget. Returns accuracies ``clean``, ``all``
-    (every timestep attacked), ``first_k``, ``last_k``, plus ``k``, ``T``, the 0-based
-    ``first_timesteps``/``last_timesteps`` and ``settings``.
+    Beyond the paper: its Discussion notes early timesteps carry the information (TIC) and so
+    should be the vulnerable ones. Each window gets one perturbation shared by its timesteps, with
+    the same l-inf budget. Returns accuracies `clean`, `all` (every timestep attacked; equals
+    :func:`evaluate`'s PGD), `first_k`, `last_k`, plus `k`, `T`, the 0-based
+    `first_timesteps`/`last_timesteps` and `settings`.
     """
-    images, labels = _check_dataset(images, labels, batch_size)
-    dev = _model_device(model, device)
-    n = int(labels.shape[0])
-    keys = ("clean", "all", "first_k", "last_k")
-    correct = dict.fromkeys(keys, 0)
-    gen = _generator(seed)
-    first: list[int] = []
-    last: list[int] = []
-    with _eval_mode(model), _progress(math.ceil(n / batch_size), "windowed PGD", progress) as bar:
-        for xb, yb in _iter_batches(images, labels, batch_size, dev):
-            if not first:
-                T = _infer_T(model, xb, T)
-                if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= T:
-                    raise ConfigError(f"k must be an integer in [1, T={T}], got {k!r}")
-                first, last = list(range(k)), list(range(T - k, T))
-            correct["clean"] += _n_correct(model, xb, yb)
-            attack = dict(eps=eps, step=pgd_step, iters=pgd_iters, random_start=random_start, generator=gen)
-            correct["all"] += _n_correct(model, pgd(model, xb, yb, **attack), yb)
-            correct["first_k"] += _n_correct(model, pgd(model, xb, yb, **attack, timesteps=first, T=T), yb)
-            correct["last_k"] += _n_correct(model, pgd(model, xb, yb, **attack, timesteps=last, T=T), yb)
-            bar.update(1)
-    result: dict[str, Any] = {key: correct[key] / n for key in keys}
-    result.update(
-        k=k,
-        T=T,
-        first_timesteps=first,
-        last_timesteps=last,
-        settings={"n": n, "eps": eps, "pgd_step": pgd_step, "pgd_iters": pgd_iters,
-                  "pgd_random_start": random_start, "seed": seed, "device": str(dev)},
-    )
+    images, labels = _dataset(images, labels, batch_size)
+    _check_nonneg("eps", eps)
+    _check_pgd(pgd_step, pgd_iters)
+    T = _model_T(model, images, T)
+    _check_window("k", k, T)
+    first, last = list(range(k)), list(range(T - k, T))
+
+    def attack(steps: list[int] | None) -> Perturbation:
+        return _pgd_attack(model, eps, pgd_step, pgd_iters, random_start, seed, steps, T)
+
+    result: dict[str, Any] = _accuracies(
+        model, images, labels, {"clean": None, "all": attack(None), "first_k": attack(first), "last_k": attack(last)},
+        batch_size, "windowed PGD", progress)
+    result.update(k=k, T=T, first_timesteps=first, last_timesteps=last, settings={
+        "n": len(labels), "eps": eps, "pgd_step": pgd_step, "pgd_iters": pgd_iters, "pgd_random_start": random_start,
+        "seed": seed, "device": str(evaluation.model_device(model))})
     return result
 
 
@@ -632,44 +472,39 @@ def time_window_deficits(
     T: int | None = None,
     batch_size: int = 256,
     seed: int = 0,
-    device: torch.device | str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fig. 2: accuracy with Gaussian noise only in timesteps [t, t+w-1], for every window start t.
 
-    The noise follows the Table 1 rule (l2 norm = ``noise_ratio`` x the clean image's) and is
-    drawn once per image, so every window sees the same noisy pixels. Reports absolute accuracy
-    per window and the paper's relative accuracy Acc[t..t+w-1] - Acc[T-w+1..T]. Window starts
-    are 1-based, as in the paper.
+    The noise follows the Table 1 rule (l2 norm = `noise_ratio` x the clean image's) and every
+    window sees the same noisy pixels of an image. Reports absolute accuracy per window and the
+    paper's relative accuracy Acc[t..t+w-1] - Acc[T-w+1..T]. Window starts are 1-based, as in the paper.
     """
-    images, labels = _check_dataset(images, labels, batch_size)
-    dev = _model_device(model, device)
-    n = int(labels.shape[0])
-    gen = _generator(seed)
-    correct: list[int] = []
-    clean = 0
-    with _eval_mode(model), _progress(math.ceil(n / batch_size), "time-window deficits", progress) as bar:
-        for xb, yb in _iter_batches(images, labels, batch_size, dev):
-            if not correct:
-                T = _infer_T(model, xb, T)
-                if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= T:
-                    raise ConfigError(f"window must be an integer in [1, T={T}], got {window!r}")
-                correct = [0] * (T - window + 1)
-            delta = gaussian_noise(xb, ratio=noise_ratio, generator=gen) - xb
-            clean += _n_correct(model, xb, yb)
-            for start in range(T - window + 1):
-                x_t = windowed_input(xb, delta, range(start, start + window), T)
-                correct[start] += _n_correct(model, x_t, yb)
-            bar.update(1)
-    acc = [c / n for c in correct]
+    images, labels = _dataset(images, labels, batch_size)
+    _check_nonneg("noise ratio", noise_ratio)
+    T = _model_T(model, images, T)
+    _check_window("window", window, T)
+
+    def noisy_window(start: int) -> Perturbation:
+        gen = _generator(seed)  # the same seed in every window pass: the same noise per image
+
+        def perturb(x: Tensor, y: Tensor) -> Tensor:
+            return windowed_input(x, gaussian_noise(x, noise_ratio, gen) - x, range(start, start + window), T)
+        return perturb
+
+    starts = list(range(1, T - window + 2))
+    acc = _accuracies(model, images, labels, {"clean": None, **{str(s): noisy_window(s - 1) for s in starts}},
+                      batch_size, "time-window deficits", progress)
+    per_window = [acc[str(s)] for s in starts]
     return {
         "window": window,
         "T": T,
-        "window_starts": list(range(1, len(acc) + 1)),
-        "accuracy": acc,
-        "relative_accuracy": [a - acc[-1] for a in acc],
-        "clean": clean / n,
-        "settings": {"n": n, "noise_ratio": noise_ratio, "seed": seed, "device": str(dev)},
+        "window_starts": starts,
+        "accuracy": per_window,
+        "relative_accuracy": [a - per_window[-1] for a in per_window],
+        "clean": acc["clean"],
+        "settings": {"n": len(labels), "noise_ratio": noise_ratio, "seed": seed,
+                     "device": str(evaluation.model_device(model))},
     }
 
 

@@ -1,7 +1,10 @@
 """Run directories: config.json, metrics.jsonl, checkpoints/, figures/ — written atomically, read safely.
 
 Nothing read from a run directory executes code: configs and metrics are JSON and checkpoints
-are loaded with `torch.load(..., weights_only=True)`.
+are loaded with `torch.load(..., weights_only=True)`. A run directory is addressed only by the
+path the caller gives (never by a path recorded inside it), and one process at a time writes it:
+`RunDir.lock()` holds an OS file lock, which the kernel drops when its holder dies, so a lock
+left by a killed process never blocks a resume.
 """
 
 from __future__ import annotations
@@ -10,13 +13,19 @@ import json
 import math
 import os
 import re
+import socket
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import filelock
 import torch
 
-from spiketide.errors import CheckpointError
+from spiketide.errors import CheckpointError, ConfigError, RunInUse
 
 __all__ = [
     "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "save_checkpoint", "load_checkpoint",
@@ -110,9 +119,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
+        # torch's own message advises weights_only=False: exactly what must not be done with a file of
+        # unknown origin, so it is not repeated here.
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}. "
-            "The file is corrupt, truncated or not a spiketide checkpoint; re-run training or pick another checkpoint."
+            f"cannot read checkpoint {path} ({type(exc).__name__}): it is corrupt, truncated, not a PyTorch file, or "
+            "holds objects other than tensors and plain containers, which are refused for safety. Re-run training "
+            "or pick another checkpoint."
         ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a spiketide checkpoint (expected a dict with 'model' and 'config')")
@@ -150,6 +162,43 @@ class RunDir:
     def exists(self) -> bool:
         return self.config_path.is_file()
 
+    _LOCK_FILES = (".lock", ".lock.owner")
+
+    def is_empty(self) -> bool:
+        """True when nothing of a run is there yet (a missing or empty folder; lock files do not count)."""
+        if not self.path.exists():
+            return True
+        return all(p.name in self._LOCK_FILES for p in self.path.iterdir())
+
+    @contextmanager
+    def lock(self, command: str = "spiketide") -> Iterator["RunDir"]:
+        """Hold the run directory for writing; a second writer fails at once with RunInUse naming the holder."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path} is a file, not a run directory; pass a folder path")
+        self.path.mkdir(parents=True, exist_ok=True)
+        owner = self.path / ".lock.owner"
+        lock = filelock.FileLock(self.path / ".lock", timeout=0, thread_local=False)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            try:
+                who = json.loads(owner.read_text())
+                holder = f"pid {who['pid']} on host {who['host']} ({who['command']}, since {who['since']})"
+            except (OSError, ValueError, KeyError):
+                holder = "another process"
+            raise RunInUse(f"{self.path} is being written by {holder}; wait for it to finish, or pick another "
+                           "folder") from None
+        try:
+            # Holding the lock, no writer is active: temporaries are what a killed writer left half-written.
+            for tmp in [*self.path.glob(".*.tmp*"), *self.path.glob("*/.*.tmp*")]:
+                tmp.unlink(missing_ok=True)
+            atomic_write_json(owner, {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                                      "since": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv})
+            yield self
+        finally:
+            owner.unlink(missing_ok=True)
+            lock.release()
+
     def create(self, config: dict) -> "RunDir":
         self.path.mkdir(parents=True, exist_ok=True)
         self.checkpoints.mkdir(exist_ok=True)
@@ -184,7 +233,7 @@ class RunDir:
         atomic_write_text(self.metrics_path, "".join(dumps(r) + "\n" for r in records))
 
     def append_metrics(self, record: dict) -> None:
-        # Rewrite the whole (small) file atomically: a kill never leaves half a line.
+        # Rewrite the whole (small) file atomically, under the caller's lock: a kill never leaves half a line.
         self.write_metrics(self.read_metrics() + [record])
 
     def saved_epochs(self) -> list[int]:

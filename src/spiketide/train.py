@@ -1,13 +1,16 @@
 """The one training loop: STBP/BPTT (Eq. 2) over all timesteps, extended by losses and callbacks.
 
 `TrainConfig` holds every option (validated once); `Trainer.fit()` runs the epochs, writes
-`metrics.jsonl` and checkpoints into a run directory, and calls `Callback`s (Fisher tracking,
-pruning rounds, ...) at fixed points. Data-parallel with `torchrun` (DDP): every rank holds the
-whole split in memory, draws the same global batch and trains on its slice; rank 0 writes.
+`metrics.jsonl` and checkpoints into a run directory it holds locked, and calls the `Callback`s
+its caller handed in (Fisher tracking, pruning masks, ...) at fixed points. The loss is handed in
+too, or built from the config. Data-parallel with `torchrun` (DDP): every rank holds the whole
+split in memory, draws the same global batch and trains on its slice; the loss and the BatchNorm
+statistics are those of the global batch; rank 0 writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -19,14 +22,23 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.nn.functional import all_reduce
 
-from spiketide import __version__, data, models
+from spiketide import __version__, data, models, progress
+from spiketide.callbacks import Callback
 from spiketide.errors import CheckpointError, ConfigError, TrainingDiverged
-from spiketide.losses import check_logits, horizon_losses, make_loss
+from spiketide.evaluation import accuracy, check_logits
+from spiketide.fisher import ESTIMATORS
+from spiketide.losses import batch_mean, horizon_losses, make_loss
+from spiketide.neuron import check_tau
+from spiketide.pruning import apply_masks_from_state
 from spiketide.runs import RunDir, git_commit, load_checkpoint, save_checkpoint
 
-__all__ = ["TrainConfig", "Callback", "Trainer", "train", "build_model", "select_device", "evaluate_accuracy",
-           "load_model"]
+__all__ = ["TrainConfig", "Callback", "Trainer", "train", "build_model", "select_device", "load_model",
+           "OPTIMIZERS", "SCHEDULES"]
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
@@ -73,18 +85,21 @@ class TrainConfig:
         data.dataset_info(self.dataset)  # raises ConfigError for unknown names
         if self.timesteps < 1:
             bad(f"timesteps T must be >= 1, got {self.timesteps}")
-        if self.tau == 0 or not math.isfinite(self.tau):
-            bad(f"tau must be a finite non-zero number, got {self.tau} (Eq. 1 divides by tau)")
+        check_tau(self.tau)
         if self.epochs < 1:
             bad(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             bad("batch sizes must be >= 1")
-        if not (self.lr > 0):
-            bad(f"learning rate must be > 0, got {self.lr}")
-        if self.optimizer not in ("sgd", "adam"):
-            bad(f"unknown optimizer {self.optimizer!r}; choose sgd or adam")
-        if self.schedule not in ("cosine", "constant"):
-            bad(f"unknown schedule {self.schedule!r}; choose cosine or constant")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            bad(f"learning rate must be a finite number > 0, got {self.lr}")
+        for name in ("momentum", "weight_decay"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                bad(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+        if self.optimizer not in OPTIMIZERS:
+            bad(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            bad(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         for name in ("subset", "test_subset"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -93,10 +108,10 @@ class TrainConfig:
         beyond = [e for e in self.checkpoint_epochs if e < 0 or e > self.epochs]
         if beyond:
             bad(f"checkpoint epochs {beyond} are outside the run (0..{self.epochs}); pick epochs in that range")
-        if self.fisher_every < 0 or self.fisher_samples < 1:
-            bad("--fisher-every must be >= 0 and --fisher-samples >= 1")
-        if self.fisher_estimator not in ("empirical", "true", "batch"):
-            bad(f"unknown Fisher estimator {self.fisher_estimator!r}; choose empirical, true or batch")
+        if self.fisher_every < 0 or self.fisher_samples < 1 or self.fisher_batch_size < 1:
+            bad("--fisher-every must be >= 0, --fisher-samples >= 1 and the Fisher batch size >= 1")
+        if self.fisher_estimator not in ESTIMATORS:
+            bad(f"unknown Fisher estimator {self.fisher_estimator!r}; choose one of {', '.join(ESTIMATORS)}")
         return self
 
     def to_dict(self) -> dict:
@@ -106,25 +121,6 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-
-class Callback:
-    """Hooks into the training loop. `record` is the epoch's metrics line; add keys to it before it is written."""
-
-    def on_fit_start(self, trainer: "Trainer") -> None:
-        pass
-
-    def on_epoch_end(self, trainer: "Trainer", record: dict) -> None:
-        pass
-
-    def on_fit_end(self, trainer: "Trainer") -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -145,7 +141,8 @@ def select_device(name: str = "auto") -> torch.device:
 def build_model(config: TrainConfig) -> nn.Module:
     info = data.dataset_info(config.dataset)
     return models.create(config.model, num_classes=info.num_classes, timesteps=config.timesteps, tau=config.tau,
-                         in_channels=info.channels, image_size=info.image_size, mean=info.mean, std=info.std)
+                         in_channels=info.channels, image_size=info.image_size, mean=info.mean, std=info.std,
+                         fast_lif=config.fast_lif)
 
 
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict]:
@@ -155,8 +152,6 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
     model = build_model(config)
     sd = state["model"]
     if any(k.endswith("_orig") for k in sd):  # a pruned model: re-create the masks before loading
-        from spiketide.pruning import apply_masks_from_state
-
         apply_masks_from_state(model, sd)
     try:
         model.load_state_dict(sd)
@@ -166,25 +161,6 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
     if timesteps:
         model.timesteps = int(timesteps)
     return model.to(device), config, state
-
-
-@torch.no_grad()
-def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256,
-                      amp: bool = False) -> float:
-    """Top-1 accuracy of the timestep-averaged output, in eval mode (mode restored)."""
-    was = model.training
-    model.eval()
-    correct = 0
-    device = images.device
-    try:
-        for i in range(0, len(images), batch_size):
-            x = data.to_float(images[i:i + batch_size])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-                out = model(x)
-            correct += (out.float().mean(0).argmax(1) == labels[i:i + batch_size]).sum().item()
-    finally:
-        model.train(was)
-    return correct / max(1, len(images))
 
 
 # --- data parallel ---------------------------------------------------------------------------
@@ -199,8 +175,7 @@ class _GlobalBatchNorm:
     def forward(self, x):
         if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        x = x.float()  # statistics in float32 even under bf16 autocast, as nn.BatchNorm does
         dims = [0] + list(range(2, x.dim()))
         c = x.shape[1]
         n = x.new_tensor([x.numel() / c])
@@ -235,6 +210,15 @@ def _use_global_batchnorm(model: nn.Module) -> None:
             m.__class__ = _GlobalBatchNorm1d
 
 
+def _global_mean(global_batch: int):
+    """Mean over the global batch of per-sample values held by each rank (autograd flows to every rank)."""
+
+    def mean(v: torch.Tensor) -> torch.Tensor:
+        return all_reduce(v.sum(-1)) / global_batch
+
+    return mean
+
+
 def _distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
@@ -244,22 +228,27 @@ def _distributed() -> tuple[int, int]:
 # --- the loop --------------------------------------------------------------------------------
 
 class Trainer:
-    """Trains one model under one config; callbacks extend it (Fisher tracking, pruning rounds)."""
+    """Trains one model under one config, in the run directory `run_dir` (default: `config.out`).
+
+    `callbacks` and `loss_fn(out, y, mean)` are the caller's to hand in; the Trainer builds no
+    callbacks from config flags. With `resume=True` it continues the run found at `run_dir` (the
+    path given, never one recorded inside it) from its last checkpoint.
+    """
 
     def __init__(self, config: TrainConfig, *, callbacks: list[Callback] | tuple = (), model: nn.Module | None = None,
                  train_set: data.ImageSet | None = None, test_set: data.ImageSet | None = None,
-                 run_dir: RunDir | None = None, resume: bool = False, extra_config: dict | None = None):
+                 run_dir: RunDir | str | os.PathLike | None = None, resume: bool = False,
+                 extra_config: dict | None = None, loss_fn=None):
         self.config = config.validate()
         self.callbacks = list(callbacks)
         self.world, self.rank = _distributed()
         self.is_main = self.rank == 0
         self.device = select_device(config.device)
-        from spiketide import neuron
-
-        neuron.set_fast_path(config.fast_lif and neuron.fast_path_enabled())
         self.amp = bool(config.amp and self.device.type == "cuda")
-        self.run = run_dir or RunDir(config.out)
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir if run_dir is not None else config.out)
+        self.config.out = str(self.run.path)  # the directory actually written, wherever the run was started
         self.resume = resume
+        self._check_run_dir()  # before any data is loaded; checked again under the lock in fit()
         self.extra_config = extra_config or {}
         if self.world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
@@ -274,7 +263,7 @@ class Trainer:
         self.train_set = self.train_set.to(self.device)
         self.test_set = self.test_set.to(self.device)
         self.model = (model if model is not None else build_model(config)).to(self.device)
-        self.loss_fn = make_loss(config.loss, config.alpha)
+        self.loss_fn = loss_fn if loss_fn is not None else make_loss(config.loss, config.alpha)
         self.optimizer = self._make_optimizer()
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
                           if config.schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: 1.0))
@@ -295,6 +284,14 @@ class Trainer:
         return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
     # -- checkpoints --
+    def _callback_keys(self) -> list[str]:
+        keys, seen = [], {}
+        for cb in self.callbacks:
+            k = cb.key or type(cb).__name__
+            seen[k] = seen.get(k, 0) + 1
+            keys.append(k if seen[k] == 1 else f"{k}#{seen[k]}")
+        return keys
+
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
@@ -305,7 +302,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "rng": {"torch": torch.get_rng_state(), "data": self.generator.get_state(),
                     **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})},
-            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "callbacks": {k: cb.state_dict() for k, cb in zip(self._callback_keys(), self.callbacks)},
             "version": __version__,
         }
 
@@ -318,8 +315,12 @@ class Trainer:
         self.generator.set_state(state["rng"]["data"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        for cb, s in zip(self.callbacks, state.get("callbacks", [])):
-            cb.load_state_dict(s)
+        saved = state.get("callbacks") or {}
+        if isinstance(saved, list):  # checkpoints of spiketide 0.1.0 kept callback states by position
+            saved = dict(zip(self._callback_keys(), saved))
+        for key, cb in zip(self._callback_keys(), self.callbacks):
+            if key in saved:
+                cb.load_state_dict(saved[key])
 
     def save(self) -> None:
         if not self.is_main:
@@ -334,25 +335,44 @@ class Trainer:
         return {**self.config.to_dict(), **self.extra_config, "spiketide_version": __version__,
                 "git_commit": git_commit(), "torch_version": torch.__version__, "python": sys.version.split()[0],
                 "platform": platform.platform(), "device_resolved": str(self.device), "world_size": self.world,
-                "train_size": len(self.train_set) , "test_size": len(self.test_set)}
+                "train_size": len(self.train_set), "test_size": len(self.test_set)}
+
+    def _check_run_dir(self) -> None:
+        if self.run.path.exists() and not self.run.path.is_dir():
+            raise ConfigError(f"--out {self.run.path} is a file; pass a folder for the run directory")
+        if not self.resume and not self.run.is_empty():
+            raise ConfigError(f"{self.run.path} already holds a run (or part of one); pass --resume to continue it, "
+                              "or pick another --out")
 
     def _start(self) -> None:
-        if self.resume:
-            last = self.run.checkpoint_path()
-            if not last.is_file():
-                raise CheckpointError(f"--resume: {last} not found; nothing to resume in {self.run.path}")
-            self.load_state_dict(load_checkpoint(last, map_location=self.device))
+        """Open the run directory: continue it (resume) or start it; then the callbacks' setup, then epoch 0."""
+        self._check_run_dir()
+        last = self.run.checkpoint_path()
+        state = None
+        if self.resume and last.is_file():
+            state = load_checkpoint(last, map_location=self.device)
+            # metrics.jsonl is written before the checkpoints, so it holds every epoch up to the checkpoint's
+            have = {r["epoch"] for r in self.run.read_metrics()}
+            if not have >= set(range(int(state["epoch"]) + 1)):
+                raise CheckpointError(f"--resume: {self.run.metrics_path} lacks epochs up to {state['epoch']}, the "
+                                      f"epoch of {last}; the run directory is damaged. Start a new run elsewhere.")
+        elif self.resume and self.run.read_metrics():
+            raise CheckpointError(f"--resume: {last} not found, but {self.run.metrics_path} has epochs; the run "
+                                  "directory is damaged. Start a new run in another folder.")
+        # (a resume of a run killed before its first checkpoint has nothing to keep: it starts afresh)
+        if state is None and self.is_main:
+            for stale in self.run.checkpoints.glob("*.pt") if self.run.checkpoints.is_dir() else ():
+                stale.unlink()
+            self.run.create(self._config_record())
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        if state is not None:
+            self.load_state_dict(state)
             # Lines written after the checkpoint (a kill between the two writes) are redone.
             self.history = [r for r in self.run.read_metrics() if r["epoch"] <= self.epoch]
             if self.is_main:
                 self.run.write_metrics(self.history)
             return
-        if self.run.exists() and self.run.read_metrics():
-            raise ConfigError(f"{self.run.path} already holds a run; pass --resume to continue it or pick another --out")
-        if self.is_main:
-            self.run.create(self._config_record())
-        for cb in self.callbacks:
-            cb.on_fit_start(self)
         record = {"epoch": 0, "train_loss": None, "train_acc": None, "test_acc": self.evaluate(),
                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": 0.0, "images_per_second": None}
         self._finish_epoch(record)
@@ -366,18 +386,17 @@ class Trainer:
         self.save()
 
     def evaluate(self) -> float:
-        return evaluate_accuracy(self.model, self.test_set.images, self.test_set.labels,
-                                 self.config.eval_batch_size, self.amp)
+        return accuracy(self.model, self.test_set.images, self.test_set.labels, self.config.eval_batch_size,
+                        amp=self.amp)
 
     def fit(self) -> list[dict]:
-        self._start()
-        from tqdm.auto import tqdm
-
-        steps_per_epoch = math.ceil(len(self.train_set) / self.config.batch_size)
-        remaining = self.config.epochs - self.epoch
-        bar = tqdm(total=remaining * steps_per_epoch, disable=None if (self.config.progress and self.is_main) else True,
-                   unit="step", dynamic_ncols=True, file=sys.stderr)
-        try:
+        with contextlib.ExitStack() as stack:
+            if self.is_main:
+                stack.enter_context(self.run.lock("spiketide train"))
+            self._start()
+            steps_per_epoch = math.ceil(len(self.train_set) / self.config.batch_size)
+            bar = stack.enter_context(progress.bar((self.config.epochs - self.epoch) * steps_per_epoch, unit="step",
+                                                   enabled=self.config.progress and self.is_main, leave=True))
             while self.epoch < self.config.epochs:
                 self.epoch += 1
                 record = self._train_epoch(bar)
@@ -386,16 +405,15 @@ class Trainer:
                 self._finish_epoch(record)
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_acc']:.3f}",
                                 test=f"{record['test_acc']:.3f}")
-        finally:
-            bar.close()
-        for cb in self.callbacks:
-            cb.on_fit_end(self)
+            for cb in self.callbacks:
+                cb.on_fit_end(self)
         return self.history
 
     def _train_epoch(self, bar) -> dict:
         c = self.config
         self.model.train()
         T = int(getattr(self.model, "timesteps", c.timesteps))
+        alpha = getattr(self.loss_fn, "alpha", None)
         lr = self.optimizer.param_groups[0]["lr"]
         totals = torch.zeros(3 + 2 * T, dtype=torch.float64)  # loss*n, correct, n, horizon losses*n, below-alpha steps
         steps = 0
@@ -404,12 +422,14 @@ class Trainer:
         for xb, yb in data.batches(self.train_set.images, self.train_set.labels, c.batch_size, shuffle=True,
                                    generator=self.generator):
             x = data.augment(xb, c.dataset, generator=self.generator) if c.augment else data.to_float(xb)
+            mean = batch_mean
             if self.world > 1:  # every rank drew the same global batch; train on this rank's slice
+                mean = _global_mean(len(yb))
                 x, yb = x[self.rank::self.world], yb[self.rank::self.world]
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 out = self.net(x)
             check_logits(out, len(x))
-            loss = self.loss_fn(out, yb)
+            loss = self.loss_fn(out, yb, mean)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"the training loss became {loss.item()} at epoch {self.epoch}, step {steps + 1}. "
@@ -426,8 +446,8 @@ class Trainer:
                 totals[1] += (out.float().mean(0).argmax(1) == yb).sum().item()
                 totals[2] += n
                 totals[3:3 + T] += hl * n
-                if self.loss_fn.alpha is not None:
-                    totals[3 + T:] += (hl < self.loss_fn.alpha).double()
+                if alpha is not None:
+                    totals[3 + T:] += (hl < alpha).double()
             steps += 1
             bar.update(1)
         if self.world > 1:
@@ -446,19 +466,14 @@ class Trainer:
             "images_per_second": n / seconds,
             "horizon_loss": (totals[3:3 + T] / n).tolist(),
         }
-        if self.loss_fn.alpha is not None:
-            record["alpha"] = self.loss_fn.alpha
+        if alpha is not None:
+            record["alpha"] = alpha
             record["below_alpha_fraction"] = (totals[3 + T:] / (steps * self.world)).tolist()
         return record
 
 
 def train(config: TrainConfig, *, callbacks: list[Callback] | tuple = (), resume: bool = False, **kw) -> Trainer:
-    """Build a Trainer (adding Fisher tracking when config.fisher_every > 0), fit it and return it."""
-    callbacks = list(callbacks)
-    if config.fisher_every > 0:
-        from spiketide.fisher import FisherTracker
-
-        callbacks.insert(0, FisherTracker.from_config(config))
+    """Build a Trainer with the callbacks given, fit it and return it."""
     trainer = Trainer(config, callbacks=callbacks, resume=resume, **kw)
     trainer.fit()
     return trainer

@@ -1,0 +1,306 @@
+"""The definition, written plainly: how a model is measured, the brute force, and the authors' estimator.
+
+`brute_force_fisher` states Eq. 5-6 as directly as code can: one sample, one horizon, one forward and
+one backward at a time, with the horizon output written as out[:t].mean(0). `batch_fisher` is the
+authors' public estimator. Both, and the hook engine, share what is here: the argument checks done
+once at the public entries, the measurement context, parameter groups, the "true" labels (Eq. 5) and
+the one function turning gradients into squared norms per group.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from spiketide.errors import ConfigError, ModelOutputError
+from spiketide.evaluation import eval_mode, logits, model_device, to_float
+from spiketide.fisher.profile import ESTIMATORS, FisherProfile, summarize
+from spiketide.losses import horizon_logits
+from spiketide.progress import bar
+
+__all__ = ["brute_force_fisher", "batch_fisher", "sample_true_labels", "check_arguments", "sample_dim"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments (checked once, at the public entries)
+
+
+def sample_dim(inputs: Tensor) -> int:
+    """Where the samples are: dim 1 of per-timestep inputs [T, N, C, H, W] (the package's 5-D convention,
+    as `evaluation.batch_size_of`), otherwise dim 0 of [N, ...]."""
+    return 1 if inputs.dim() == 5 else 0
+
+
+def check_arguments(model: Any, inputs: Any, targets: Any, estimator: str, batch_size: Any) -> tuple[Tensor, Tensor]:
+    """Raise ConfigError for anything that cannot be measured; returns (inputs, targets as int64)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if estimator not in ESTIMATORS:
+        raise ConfigError(f"unknown Fisher estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    if not isinstance(inputs, Tensor):
+        raise ConfigError(f"inputs must be a tensor [N, ...] or [T, N, C, H, W], got {type(inputs).__name__}")
+    targets = targets if isinstance(targets, Tensor) else torch.as_tensor(targets)
+    if targets.dim() != 1:
+        raise ConfigError(f"targets must be a 1-D tensor of class indices [N], got shape {tuple(targets.shape)}")
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise ConfigError(f"targets must be integer class indices (int64), got dtype {targets.dtype}")
+    dim = sample_dim(inputs)
+    if inputs.dim() < 1 or inputs.shape[dim] == 0:
+        raise ConfigError(f"inputs is empty (shape {tuple(inputs.shape)}); Fisher information needs a sample or more")
+    if inputs.shape[dim] != len(targets):
+        where = "dim 1 of per-timestep inputs [T, N, C, H, W]" if dim else "len(inputs)"
+        raise ConfigError(f"{where} = {inputs.shape[dim]} but len(targets) = {len(targets)}; they must match")
+    if (inputs.is_floating_point() or inputs.is_complex()) and not bool(torch.isfinite(inputs).all()):
+        raise ConfigError("inputs contain NaN or inf; every input value must be finite (the Fisher profile would be nan)")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("the model has no trainable parameters (requires_grad=True); nothing to measure")
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.running_mean is None or m.running_var is None):
+            raise ConfigError(
+                f"{name or 'the model'} ({type(m).__name__}) has no running statistics (track_running_stats=False), "
+                "so even in eval mode each sample's output depends on the rest of its batch and per-sample Fisher "
+                "information is undefined; build it with track_running_stats=True (and estimate the statistics in "
+                "train mode) or use a per-sample normalisation such as GroupNorm or LayerNorm.")
+    return inputs, targets.long()
+
+
+def check_targets(targets: Tensor, num_classes: int) -> None:
+    """Targets in [0, C), once C is known from the first forward pass."""
+    bad = targets[(targets < 0) | (targets >= num_classes)]
+    if bad.numel():
+        raise ConfigError(
+            f"targets must lie in [0, {num_classes}) for a model with {num_classes} classes; found {bad.numel()} out "
+            f"of range (e.g. {int(bad[0])}). Check the label encoding or num_classes.")
+
+
+def spans(n: int, batch_size: int) -> list[tuple[int, int]]:
+    return [(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The measurement context
+
+
+class ParamGroups(NamedTuple):
+    """Names of the groups ("per_layer" parts) and, per trainable parameter, the index of its group."""
+
+    names: list[str]
+    index: list[int]
+
+
+def param_groups(model: nn.Module, param_names: Sequence[str]) -> ParamGroups:
+    """Blocks of `model.block_names` (first dotted prefix that matches, else "other"), otherwise the name of
+    the module owning each parameter ("<root>" for the model's own)."""
+    blocks = [str(b) for b in getattr(model, "block_names", ()) or ()]
+    names: list[str] = list(blocks)
+    index = []
+    for n in param_names:
+        if blocks:
+            g = next((b for b in blocks if n == b or n.startswith(b + ".")), "other")
+        else:
+            g = n.rsplit(".", 1)[0] if "." in n else "<root>"
+        if g not in names:
+            names.append(g)
+        index.append(names.index(g))
+    return ParamGroups(names, index)
+
+
+@dataclass
+class Measured:
+    """What a measurement needs to know about the model: its trainable parameters, their groups, device, dtype."""
+
+    params: list[Tensor]
+    groups: ParamGroups
+    device: torch.device
+    dtype: torch.dtype
+
+    def batch(self, inputs: Tensor, start: int, stop: int) -> Tensor:
+        """Samples start..stop-1 as the model takes them: uint8 pixels scaled (`to_float`), its dtype and device."""
+        xb = to_float(inputs.narrow(sample_dim(inputs), start, stop - start).to(self.device)).to(self.dtype)
+        return xb.clone() if xb.is_inference() else xb  # inference-mode tensors cannot enter autograd
+
+
+@contextmanager
+def measurement(model: nn.Module, device: torch.device | str | None) -> Iterator[Measured]:
+    """`eval_mode` (BN running statistics, no dropout) with gradients on, on `device`; on exit it also restores
+    what eval_mode does not: every parameter's .grad and requires_grad, and the model's device."""
+    saved = [(p, p.grad, p.requires_grad) for p in model.parameters()]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    home = model_device(model)
+    target = home if device is None else torch.device(device)
+    if target != home:
+        model.to(target)
+    params = [p for _, p in named]
+    dtype = params[0].dtype if params[0].is_floating_point() else torch.get_default_dtype()
+    try:
+        with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
+            yield Measured(params, param_groups(model, [n for n, _ in named]), params[0].device, dtype)
+    finally:
+        if target != home:
+            model.to(home)
+        for p, grad, requires_grad in saved:
+            p.requires_grad_(requires_grad)
+            p.grad = grad
+
+
+def squared_norms(grads: Sequence[Tensor | None], groups: ParamGroups) -> Tensor:
+    """Gradients of the trainable parameters -> squared norm per group [G] (float64, on their device)."""
+    dev = next((g.device for g in grads if g is not None), torch.device("cpu"))
+    out = torch.zeros(len(groups.names), dtype=torch.float64, device=dev)
+    for g, i in zip(grads, groups.index):
+        if g is not None:
+            out[i] += g.double().pow(2).sum()
+    return out
+
+
+def check_stateless(model: nn.Module, xb: Tensor, ref: Tensor, out: Tensor) -> None:
+    """`ref` is a no-grad forward of xb made before `out`; a model that keeps state between calls
+    (e.g. neuron membranes not reset inside forward) gives a different answer the second time."""
+    out = out.detach()
+    scale = float(ref.abs().max()) + 1e-30
+    if ref.shape == out.shape and torch.allclose(out, ref, rtol=1e-5, atol=1e-6 * scale):
+        return
+    with torch.no_grad():
+        again = model(xb)
+    if isinstance(again, Tensor) and again.shape == ref.shape and torch.allclose(again, ref, rtol=1e-6,
+                                                                                 atol=1e-7 * scale):
+        return  # no-grad calls agree: the difference was float rounding between grad and no-grad kernels
+    raise ModelOutputError(
+        "the model gave different outputs for the same batch on consecutive calls: it keeps state between calls "
+        "(or is random). The model must reset its neuron state (membrane potentials) inside forward, e.g. "
+        "snnTorch `mem = lif.init_leaky()` / SpikingJelly `functional.reset_net(net)` at the start of forward, "
+        "and must not draw random numbers (encode stochastic inputs before calling temporal_fisher).")
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels: the data's (Eq. 6) or the model's own (Eq. 5)
+
+
+def true_labels(hlogits: Tensor, uniforms: Tensor) -> Tensor:
+    """Inverse-CDF draw: horizon logits [T, N, C] and uniforms [T, N] in [0, 1) -> labels [T, N] (int64)."""
+    cdf = torch.softmax(hlogits.detach().double(), dim=-1).cumsum(-1)
+    labels = (cdf <= uniforms.to(device=cdf.device, dtype=cdf.dtype).unsqueeze(-1)).sum(-1)
+    return labels.clamp_max(hlogits.shape[-1] - 1).long()
+
+
+def draw_uniforms(T: int, N: int, seed: int) -> Tensor:
+    """The uniforms of every "true" draw, [T, N] in data order, so the draws do not depend on batching."""
+    return torch.rand((T, N), generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
+
+
+def sample_true_labels(hlogits: Tensor, generator: torch.Generator) -> Tensor:
+    """One Monte-Carlo label per sample and horizon from softmax(hlogits) [T, N, C] -> [T, N]. With
+    `torch.Generator().manual_seed(seed)` and the horizon logits of the whole data set this reproduces
+    exactly the labels `temporal_fisher(..., estimator="true", seed=seed)` uses."""
+    T, N = hlogits.shape[:2]
+    return true_labels(hlogits, torch.rand((T, N), generator=generator, dtype=torch.float64))
+
+
+class Labels(NamedTuple):
+    """A batch's labels at every horizon: the data's `targets` [B] (Eq. 6), or, with `uniforms` [T, B],
+    drawn from the model's own horizon-t prediction (Eq. 5)."""
+
+    targets: Tensor
+    uniforms: Tensor | None = None
+
+    def at(self, hlogits: Tensor) -> Tensor:
+        """Horizon logits [T, B, C] -> labels [T, B]."""
+        if self.uniforms is None:
+            return self.targets.unsqueeze(0).expand(hlogits.shape[0], -1)
+        return true_labels(hlogits, self.uniforms)
+
+    def sample(self, n: int) -> Labels:
+        return Labels(self.targets[n:n + 1], None if self.uniforms is None else self.uniforms[:, n:n + 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The estimators written plainly
+
+
+def equal_minibatches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """Minibatches of the "batch" estimator: a last partial one is dropped unless it is the only one,
+    so every term has the same noise part tr(Cov)/b."""
+    out = spans(n, batch_size)
+    return out[:-1] if len(out) > 1 and out[-1][1] - out[-1][0] < batch_size else out
+
+
+def batch_fisher(model: nn.Module, inputs: Tensor, targets: Tensor, *, per_layer: bool = False,
+                 batch_size: int = 64, device: torch.device | str | None = None,
+                 progress: bool = False) -> FisherProfile:
+    """The authors' public estimator: I_t = mean over minibatches of ||grad (1/b) sum_n log f(y_n | x_n, <=t)||^2.
+
+    Not Eq. 6 (see `temporal_fisher`). One forward per minibatch, one backward per horizon (Eq. 4 horizons
+    from `horizon_logits`); stderr is over the minibatches. Arguments as checked by `check_arguments`.
+    """
+    chosen = equal_minibatches(inputs.shape[sample_dim(inputs)], batch_size)
+    with measurement(model, device) as m, bar(len(chosen), "temporal Fisher (batch)", enabled=progress) as pbar:
+        terms = []
+        for s, e in chosen:
+            xb, yb = m.batch(inputs, s, e), targets[s:e].to(m.device)
+            if s == 0:
+                with torch.no_grad():
+                    ref = logits(model, xb)
+                check_targets(targets, ref.shape[2])
+            out = logits(model, xb, ref.shape[2])
+            if s == 0:
+                check_stateless(model, xb, ref, out)
+            T = out.shape[0]
+            lp = torch.log_softmax(horizon_logits(out), -1).gather(2, yb.view(1, -1, 1).expand(T, -1, 1)).squeeze(2)
+            terms.append(torch.stack([
+                squared_norms(torch.autograd.grad(lp[t].mean(), m.params, retain_graph=t < T - 1, allow_unused=True),
+                              m.groups) for t in range(T)], 1))  # [G, T]
+            pbar.update(1)
+        return summarize(torch.stack(terms, 1), m.groups.names, per_layer, "batch",
+                         num_samples=sum(e - s for s, e in chosen))
+
+
+def brute_force_fisher(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    estimator: str = "empirical",
+    per_layer: bool = False,
+    batch_size: int = 64,
+    seed: int = 0,
+    labels: Tensor | None = None,
+    device: torch.device | str | None = None,
+) -> FisherProfile:
+    """Reference implementation of Eq. 5-6 (and of "batch"): one sample (for "batch": one minibatch), one
+    horizon, one forward and one backward at a time, with the horizon output written as out[:t].mean(0).
+
+    Slow and obviously correct; used by the tests and benchmarks. For "true", `labels` [T, N] fixes the
+    draws; otherwise they come from `seed` exactly as in `temporal_fisher`. Inputs as for `temporal_fisher`.
+    """
+    inputs, targets = check_arguments(model, inputs, targets, estimator, batch_size)
+    N = inputs.shape[sample_dim(inputs)]
+    batch = estimator == "batch"
+    chosen = equal_minibatches(N, batch_size) if batch else spans(N, 1)
+    with measurement(model, device) as m:
+        first = logits(model, m.batch(inputs, 0, 1))
+        T = first.shape[0]
+        check_targets(targets, first.shape[2])
+        drawn = estimator == "true" and labels is None
+        uniforms = draw_uniforms(T, N, seed) if drawn else None
+        columns = []
+        for s, e in chosen:
+            xb, yb = m.batch(inputs, s, e), targets[s:e].to(m.device)
+            per_horizon = []
+            for t in range(1, T + 1):
+                z = logits(model, xb)[:t].mean(0)  # horizon-t logits [b, C]
+                if estimator == "true":
+                    yb = true_labels(z[None], uniforms[t - 1:t, s:e])[0] if drawn else labels[t - 1, s:e].to(m.device)
+                lp = torch.log_softmax(z, -1).gather(1, yb.view(-1, 1)).squeeze(1)
+                grads = torch.autograd.grad(lp.mean(), m.params, allow_unused=True)
+                per_horizon.append(squared_norms(grads, m.groups))
+            columns.append(torch.stack(per_horizon, 1))  # [G, T]
+        return summarize(torch.stack(columns, 1), m.groups.names, per_layer, estimator,
+                         num_samples=sum(e - s for s, e in chosen))
