@@ -5,16 +5,17 @@
     python benchmarks/bench_fisher.py --model resnet19 --n 64 --T 10    # CIFAR-size resnet19 on CPU
     python benchmarks/bench_fisher.py --model resnet19 --n 1024 --T 10 --device cuda --brute-subset 8
 
-Timed, per fast-path setting (`spiketide.neuron.set_fast_path`, the compiled LIF scan; "on" is
-timed after a warm-up call that compiles it), as medians of interleaved repeats:
+Timed, per LIF setting (the model built with `models.create(..., fast_lif=True/False)`: the compiled LIF
+scan or the plain step loop; "on" is timed after a warm-up call that compiles it), as medians of
+interleaved repeats:
 
   train     training steps: forward + backward of the mean-output CE loss in train mode (no
             optimizer step) over the same N samples in batches of --batch-size (default N: one
             step on one batch; otherwise one step is timed and multiplied by ceil(N / batch))
   fisher    temporal_fisher(estimator="empirical") on the N samples (batch size --batch-size,
             default N: one batch); includes its stateless check and safety-net check
-  loop      the exact per-sample loop temporal_fisher falls back to: one forward per sample,
-            one backward per horizon
+  loop      the exact per-sample loop temporal_fisher falls back to (`engine.per_sample_fisher(...,
+            exact=True)`): one forward per sample, one backward per horizon
   brute     brute_force_fisher: one sample, one horizon, one forward + one backward at a time
 
 `loop` and `brute` run on --brute-subset samples (default: all N on CPU for convnet, 4 for
@@ -35,6 +36,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,7 +66,8 @@ def exactness(dev) -> dict:
     """max relative error of temporal_fisher against brute_force_fisher, float64, tiny convnet, on `dev`."""
     import torch
 
-    from spiketide.fisher import _sample_true_labels, brute_force_fisher, temporal_fisher
+    from spiketide.fisher import brute_force_fisher, temporal_fisher
+    from spiketide.fisher.reference import sample_true_labels
     from spiketide.losses import horizon_logits
     from spiketide.models import create
 
@@ -82,7 +85,7 @@ def exactness(dev) -> dict:
         if est == "true":
             m.eval()
             with torch.no_grad():
-                kw["labels"] = _sample_true_labels(horizon_logits(m(x)), torch.Generator().manual_seed(3))
+                kw["labels"] = sample_true_labels(horizon_logits(m(x)), torch.Generator().manual_seed(3))
         a = temporal_fisher(m, x, y, estimator=est, batch_size=4, seed=3, per_layer=True)
         b = brute_force_fisher(m, x, y, estimator=est, batch_size=4, seed=3, per_layer=True, **kw)
         errs = [float(((a.trace - b.trace).abs() / b.trace.abs()).max())]
@@ -96,7 +99,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from spiketide import fisher, neuron
+    from spiketide import fisher
+    from spiketide.fisher import engine
     from spiketide.losses import mean_output_ce
     from spiketide.models import create
 
@@ -113,16 +117,21 @@ def main(argv=None) -> int:
     bs = args.batch_size or N
     sub = min(N, args.brute_subset or (N if conv and dev.type == "cpu" else 4))
 
+    def build(fast: bool):
+        """The same weights for both LIF settings; realistic BN statistics from a few train-mode forwards."""
+        torch.manual_seed(0)
+        net = create(args.model, num_classes=args.num_classes, timesteps=T, in_channels=cin, image_size=image,
+                     fast_lif=fast).to(dev)
+        net.train()
+        with torch.no_grad():
+            for _ in range(2):
+                net(x[: min(N, 32)])
+        return net
+
     torch.manual_seed(0)
-    model = create(args.model, num_classes=args.num_classes, timesteps=T, in_channels=cin, image_size=image).to(dev)
-    nparams = sum(p.numel() for p in model.parameters())
     x = torch.rand(N, cin, image, image, device=dev)
     y = torch.randint(0, args.num_classes, (N,), device=dev)
-    # realistic BN statistics: a few train-mode forward passes
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(x[: min(N, 32)])
+    model = None
 
     def sync():
         if dev.type == "cuda":
@@ -148,11 +157,7 @@ def main(argv=None) -> int:
         fisher.temporal_fisher(model, x, y, batch_size=bs)
 
     def loop_run():
-        with fisher._Measurement(model, None) as ctx, torch.enable_grad():
-            groups, gidx = fisher._param_groups(model, ctx.names)
-            yb = y[:sub]
-            fisher._per_sample_loop(model, x[:sub], lambda h, n: yb[n].expand(h.shape[0]), ctx.params, gidx,
-                                    len(groups), None)
+        engine.per_sample_fisher(model, x[:sub], y[:sub], batch_size=sub, exact=True)
 
     def brute_run():
         fisher.brute_force_fisher(model, x[:sub], y[:sub])
@@ -161,12 +166,16 @@ def main(argv=None) -> int:
     rows = {}
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.fast_path]
     for fp in modes:
-        neuron.set_fast_path(fp)
+        model = build(fp)
+        nparams = sum(p.numel() for p in model.parameters())
         tag = "fast" if fp else "plain"
         t0 = time.perf_counter()
-        train_step()
-        fisher_run()  # warm-up; compiles the LIF scan when the fast path is on
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_step()
+            fisher_run()  # warm-up; compiles the LIF scan when the fast path is on
         warm = time.perf_counter() - t0
+        compiled = fp and not any("compiled LIF scan unavailable" in str(w.message) for w in caught)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         res = {"train": [], "fisher": [], "loop": [], "brute": []}
@@ -182,7 +191,7 @@ def main(argv=None) -> int:
             return round(statistics.median(x / y for x, y in zip(res[a], res[b])), 3)
 
         r = {
-            "fast_path": fp and neuron.fast_path_enabled(),
+            "fast_path": compiled,
             "warmup_s": round(warm, 3),
             **{f"{k}_s": round(v, 4) for k, v in med.items()},
             "fisher_over_train": ratio("fisher", "train"),

@@ -40,7 +40,11 @@ def _imports(path: Path):
     tree = ast.parse(path.read_text())
     funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     inner = {id(n) for f in funcs for n in ast.walk(f) if n is not f}
+    typing_only = {id(n) for b in ast.walk(tree) if isinstance(b, ast.If) and getattr(b.test, "id", "") == "TYPE_CHECKING"
+                   for n in ast.walk(b)}  # never executed: annotations only
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         names = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]

@@ -262,6 +262,7 @@ def test_ddp_loss_is_the_global_batch_mean(tmp_path):
         lin.zero_grad()
         loss = fn(lin(x).unsqueeze(0).expand(2, -1, -1), y)
         loss.backward()
-        assert res[name][0] == pytest.approx(loss.item(), rel=1e-12), name
-        torch.testing.assert_close(torch.tensor(res[name][1], dtype=torch.float64), lin.weight.grad)
+        # (the losses compute in float32; the mean of per-rank means would be off by ~1e-2 here)
+        assert res[name][0] == pytest.approx(loss.item(), rel=1e-5), name
+        torch.testing.assert_close(torch.tensor(res[name][1], dtype=torch.float64), lin.weight.grad, rtol=1e-5, atol=1e-7)
     assert res["bn"]  # statistics in float32 under bf16 inputs, and those of the global batch

@@ -191,24 +191,40 @@ def _fraction(s: str) -> float:
 
 
 def _checkpoints_of(path: str) -> tuple[list[Path], Path]:
-    """Checkpoints named by a path (a .pt file, or every saved epoch of a run directory) and where results go."""
+    """Checkpoints named by a path (a .pt file, or every saved epoch of a run directory) and where results go.
+
+    Results are written into the run, so a checkpoint of another model or dataset found there is refused.
+    """
     from spiketide.errors import CheckpointError
-    from spiketide.runs import RunDir, resolve_checkpoint
+    from spiketide.runs import RunDir, load_checkpoint, resolve_checkpoint
 
     p = Path(path)
     if p.is_dir():
         run = RunDir(p)
         run.read_config()
-        ckpts = [run.checkpoint_path(e) for e in run.saved_epochs()]
-        if not ckpts:
-            last = resolve_checkpoint(p)
-            ckpts = [last]
-        return ckpts, p
-    ckpt = resolve_checkpoint(p)
-    if ckpt.suffix != ".pt":
-        raise CheckpointError(f"{ckpt} is not a .pt checkpoint; pass a checkpoint file or a run directory")
-    out = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    return [ckpt], out
+        ckpts = [run.checkpoint_path(e) for e in run.saved_epochs()] or [resolve_checkpoint(p)]
+    else:
+        ckpts = [resolve_checkpoint(p)]
+        if ckpts[0].suffix != ".pt":
+            raise CheckpointError(f"{p} is not a .pt checkpoint; pass a checkpoint file or a run directory")
+        run = RunDir(p.parent.parent if p.parent.name == "checkpoints" else p.parent)
+    if run.exists():
+        mine = run.read_config()
+        for ckpt in ckpts:
+            theirs = load_checkpoint(ckpt)["config"]
+            if any(mine.get(k) != theirs.get(k) for k in ("model", "dataset")):
+                raise CheckpointError(
+                    f"{ckpt} is a {theirs.get('model')} / {theirs.get('dataset')} checkpoint, but {run.path} is a "
+                    f"{mine.get('model')} / {mine.get('dataset')} run; move it out of that run directory, or "
+                    "analyse it on its own with --out")
+    return ckpts, run.path
+
+
+def _figure_path(out_dir: Path, out: Path, name: str) -> Path:
+    """Figures go to the run's figures/ folder, or beside the results file outside a run."""
+    from spiketide.runs import RunDir
+
+    return (RunDir(out_dir).figures if RunDir(out_dir).exists() else out.parent) / name
 
 
 def _eval_data(config, split: str, samples: int | None, seed: int, data_root: str | None, device):
@@ -219,20 +235,9 @@ def _eval_data(config, split: str, samples: int | None, seed: int, data_root: st
 
 def _load_with_data(ckpt: Path, args, split: str, samples: int | None, device):
     """A checkpoint's model and config, plus the class-balanced evaluation images its dataset gives."""
-    from spiketide.errors import CheckpointError
-    from spiketide.runs import RunDir
     from spiketide.train import load_model
 
     model, config, state = load_model(ckpt, device)
-    run = RunDir(ckpt.parent.parent)
-    if ckpt.parent.name == "checkpoints" and run.exists():
-        # Results are written into the run: a checkpoint of another model or dataset must not land there.
-        mine = run.read_config()
-        for key in ("model", "dataset"):
-            if mine.get(key) != getattr(config, key):
-                raise CheckpointError(f"{ckpt} is a {config.model} / {config.dataset} checkpoint, but {run.path} is a "
-                                      f"{mine.get('model')} / {mine.get('dataset')} run; move it out of that run "
-                                      "directory or analyse it on its own")
     ds = _eval_data(config, split, samples, args.seed, args.data_root, device)
     return model, config, state, ds
 
@@ -257,7 +262,6 @@ def _writing(out_dir: Path, command: str):
 def cmd_fisher(args) -> int:
     from spiketide import data, plots
     from spiketide.fisher import temporal_fisher
-    from spiketide.runs import RunDir
     from spiketide.train import select_device
 
     device = select_device(args.device)
@@ -276,20 +280,23 @@ def cmd_fisher(args) -> int:
         _write_json(out, {"split": args.split, "samples": args.samples, "estimator": args.estimator, "results": results})
         records = [{"epoch": r["epoch"] if r["epoch"] is not None else i, "fisher": r["fisher"]}
                    for i, r in enumerate(results)]
-        fig_dir = out_dir / "figures" if RunDir(out_dir).exists() else out.parent
-        figs = plots.save(plots.plot_fig1(records), fig_dir / f"{out.stem}_fig1")
+        figs = plots.save(plots.plot_fig1(records), _figure_path(out_dir, out, f"{out.stem}_fig1"))
         if args.per_layer:
-            figs += plots.save(plots.plot_fig3(records), fig_dir / f"{out.stem}_fig3")
+            figs += plots.save(plots.plot_fig3(records), _figure_path(out_dir, out, f"{out.stem}_fig3"))
     print("figures: " + ", ".join(str(f) for f in figs))
     return 0
 
 
 def cmd_deficits(args) -> int:
+    ckpts, out_dir = _checkpoints_of(args.path)
+    with _writing(out_dir, "deficits"):
+        return _deficits(args, ckpts, out_dir)
+
+
+def _deficits(args, ckpts: list[Path], out_dir: Path) -> int:
     from spiketide import plots
     from spiketide.experiments.deficits import deficits_over_checkpoints
     from spiketide.train import select_device
-
-    ckpts, out_dir = _checkpoints_of(args.path)
 
     def report(r: dict) -> None:
         rel = ", ".join(f"{100 * v:+.1f}" for v in r["relative_accuracy"])
@@ -301,19 +308,23 @@ def cmd_deficits(args) -> int:
                                        device=select_device(args.device), progress=args.progress, on_result=report)
     out = Path(args.out) if args.out else out_dir / "deficits.json"
     _write_json(out, result)
-    figs = plots.save(plots.plot_deficits(result), (out_dir / "figures" if out_dir.joinpath("figures").is_dir() else out.parent) / "fig2_deficits")
+    figs = plots.save(plots.plot_deficits(result), _figure_path(out_dir, out, "fig2_deficits"))
     print("figures: " + ", ".join(str(f) for f in figs))
     return 0
 
 
 def cmd_robustness(args) -> int:
+    ckpts, out_dir = _checkpoints_of(args.checkpoint)
+    with _writing(out_dir, "robustness"):
+        return _robustness(args, ckpts[-1], out_dir)
+
+
+def _robustness(args, ckpt: Path, out_dir: Path) -> int:
     from spiketide import robustness
     from spiketide.runs import atomic_write_text
     from spiketide.train import select_device
 
     device = select_device(args.device)
-    ckpts, out_dir = _checkpoints_of(args.checkpoint)
-    ckpt = ckpts[-1] if Path(args.checkpoint).is_dir() else ckpts[0]
     model, config, state, ds = _load_with_data(ckpt, args, "test", args.samples, device)
     print(f"{ckpt}: {len(ds)} test images; PGD eps {args.eps:.4g}, step {args.pgd_step:.4g}, {args.pgd_iters} iterations, "
           f"random start {'on' if args.random_start else 'off'}")
@@ -347,13 +358,17 @@ def cmd_robustness(args) -> int:
 
 
 def cmd_early_exit(args) -> int:
+    ckpts, out_dir = _checkpoints_of(args.checkpoint)
+    with _writing(out_dir, "early-exit"):
+        return _early_exit(args, ckpts[-1], out_dir)
+
+
+def _early_exit(args, ckpt: Path, out_dir: Path) -> int:
     from spiketide import data, early_exit, plots
     from spiketide.fisher import temporal_fisher
     from spiketide.train import select_device
 
     device = select_device(args.device)
-    ckpts, out_dir = _checkpoints_of(args.checkpoint)
-    ckpt = ckpts[-1]
     model, config, state, ds = _load_with_data(ckpt, args, "test", args.samples, device)
     curve = early_exit.exit_curve(model, ds.images, ds.labels, thresholds=args.thresholds, batch_size=args.batch_size)
     train = _eval_data(config, "train", args.fisher_samples, args.seed, args.data_root, device)
@@ -363,8 +378,7 @@ def cmd_early_exit(args) -> int:
     print(early_exit.summarize(curve, prof.trace))
     out = Path(args.out) if args.out else out_dir / "early_exit.json"
     _write_json(out, curve)
-    fig_dir = out_dir / "figures" if (out_dir / "figures").is_dir() else out.parent
-    figs = plots.save(early_exit.exit_curve_figure(curve), fig_dir / "early_exit")
+    figs = plots.save(early_exit.exit_curve_figure(curve), _figure_path(out_dir, out, "early_exit"))
     print("figures: " + ", ".join(str(f) for f in figs))
     return 0
 
@@ -375,10 +389,11 @@ def cmd_prune(args) -> int:
 
     t = args.t_retrain
     t_retrain = None if t is None else ("auto" if t.strip() == "auto" else tuple(_int_list(t)))
-    result = iterative_prune(args.run_dir, rounds=args.rounds, rate=args.rate, retrain_epochs=args.retrain_epochs,
-                             t_retrain=t_retrain, q=args.q, rewind_epoch=args.rewind_epoch, lr=args.lr,
-                             fisher_samples=args.fisher_samples, out=args.out, device=args.device,
-                             progress=args.progress, overwrite=args.overwrite)
+    with _writing(Path(args.run_dir), "prune"):
+        result = iterative_prune(args.run_dir, rounds=args.rounds, rate=args.rate, retrain_epochs=args.retrain_epochs,
+                                 t_retrain=t_retrain, q=args.q, rewind_epoch=args.rewind_epoch, lr=args.lr,
+                                 fisher_samples=args.fisher_samples, out=args.out, device=args.device,
+                                 progress=args.progress, overwrite=args.overwrite)
     print(pruning.to_markdown(result))
     files = result.get("files", {})
     for f in [files.get("json"), files.get("markdown"), *files.get("figure", [])]:

@@ -1,20 +1,16 @@
 """The hook engine: per-sample squared gradient norms for all T horizons of a batch from one forward pass.
 
-* Forward hooks record the input and output of every call of a module with a per-sample rule (`rules`).
-* Per horizon t, one backward pass (`retain_graph`) asks autograd only for the gradients of the lowest
-  recorded outputs (for a built-in model: the stem convolution's). Autograd computes every other recorded
-  output's gradient on the way and hands it to a tensor hook, which turns it into per-sample squared norms
-  at once: the output gradients are never all alive together, and no weight gradients are computed (half
-  of a normal backward). A convolution on a time-major folded batch runs its backward only on the rows of
-  timesteps up to the horizon (`_TailSkipConv`).
-* Safety net: on the first batch (and whenever the call structure or batch size changes) every horizon's
-  loss is weighted per sample with random weights w_tn, and the per-sample gradients, divided by w_tn and
-  combined with random weights a_tn over ALL horizons and samples, are compared with the autograd gradient
-  of sum_tn a_tn log f(y_n | x_n, <=t). That catches missed modules, weights used outside their module
-  (even in ways that cancel at horizon T), and wrong row-to-sample layouts (an ambiguous one, e.g.
-  [T, B, F] with T == B, is retried with the other reading).
-* When the safety net fails, or a trainable parameter lives in a module without a rule, the exact
-  per-sample loop is used instead (one forward per sample, one backward per horizon), with one warning.
+Forward hooks record every call of a module with a per-sample rule (`rules`). Per horizon t, one backward
+pass asks autograd only for the gradients of the lowest recorded outputs; every other recorded output's
+gradient arrives at a tensor hook on the way and becomes per-sample squared norms at once (so they are never
+all alive together, and no weight gradients are computed). Convolutions of a time-major folded batch run
+their backward only on the rows of timesteps up to the horizon (`_TailSkipConv`).
+
+Safety net: on the first batch (and whenever the call structure changes) each horizon's loss is weighted per
+sample by random w_tn; the per-sample gradients, divided by w_tn and combined with random a_tn over ALL
+horizons and samples, must equal autograd's gradient of sum_tn a_tn log f(y_n | x_n, <=t). That catches missed
+modules, weights also used outside their module (even in ways that cancel at horizon T) and wrong row-to-sample
+layouts. If it fails, or a trainable parameter has no rule, the exact per-sample loop runs, with one warning.
 """
 
 from __future__ import annotations
@@ -29,8 +25,8 @@ from torch import Tensor, nn
 
 from spiketide.evaluation import logits
 from spiketide.fisher.profile import FisherProfile, summarize
-from spiketide.fisher.reference import (Labels, Measured, ParamGroups, check_stateless, check_targets, draw_uniforms,
-                                        measurement, sample_dim, spans, squared_norms)
+from spiketide.fisher.reference import (Labels, Measured, check_stateless, draw_uniforms, first_forward, horizon_norms,
+                                        measurement, sample_dim, spans)
 from spiketide.fisher.rules import Budget, HooksDoNotApply, Record, Site, make_site, used_blocks
 from spiketide.losses import horizon_logits
 from spiketide.progress import bar
@@ -58,8 +54,8 @@ def cache_budget(device: torch.device) -> int:
 
 
 class ParamGradSwitch:
-    """Read by `_TailSkipConv.backward`: weight gradients are wanted only in the safety net's reference pass
-    (the horizon passes ask autograd for output gradients alone, which a Python node cannot see by itself)."""
+    """Weight gradients wanted? Only in the safety net's reference pass: the horizon passes ask for output
+    gradients alone, which a Python autograd node (`_TailSkipConv`) cannot see by itself."""
 
     on = False
 
@@ -366,24 +362,11 @@ def _lowest(root: Any, nodes: list[Any]) -> list[int]:
     return [i for i, n in enumerate(nodes) if not below.get(n, False)]
 
 
-# ---------------------------------------------------------------------------------------------
-# The exact per-sample loop, and the whole measurement
-
-
-def exact_per_sample(model: nn.Module, xb: Tensor, labels: Labels, params: list[Tensor], groups: ParamGroups,
-                     C: int | None = None) -> Tensor:
+def exact_per_sample(model: nn.Module, xb: Tensor, labels: Labels, m: Measured, C: int | None = None) -> Tensor:
     """One forward per sample, one backward per horizon -> per-sample squared norms [G, B, T] (float64)."""
     dim = sample_dim(xb)
-    per_sample = []
-    for n in range(xb.shape[dim]):
-        h = horizon_logits(logits(model, xb.narrow(dim, n, 1), C))
-        y = labels.sample(n).at(h.detach())[:, 0]  # [T]
-        lp = torch.log_softmax(h[:, 0], -1)
-        T = h.shape[0]
-        per_sample.append(torch.stack([squared_norms(torch.autograd.grad(lp[t, y[t]], params, retain_graph=t < T - 1,
-                                                                         allow_unused=True), groups)
-                                       for t in range(T)], 1))  # [G, T]
-    return torch.stack(per_sample, 1)
+    return torch.stack([horizon_norms(model, xb.narrow(dim, n, 1), labels.sample(n), m, C)
+                        for n in range(xb.shape[dim])], 1)
 
 
 def per_sample_fisher(model: nn.Module, inputs: Tensor, targets: Tensor, *, estimator: str = "empirical",
@@ -397,42 +380,35 @@ def per_sample_fisher(model: nn.Module, inputs: Tensor, targets: Tensor, *, esti
     N = inputs.shape[sample_dim(inputs)]
     with measurement(model, device) as m:
         engine = HookEngine(model, m, rule=rule, tail_skip=tail_skip, chunk_bytes=chunk_bytes, cache_bytes=cache_bytes)
-        use_hooks, warned = not exact and not engine.problems, False
+        use_hooks = not exact
 
-        def fall_back(reason: str) -> None:
-            nonlocal use_hooks, warned
+        def fall_back(reason: str) -> None:  # once: later batches skip the hooks
+            nonlocal use_hooks
             use_hooks = False
-            if not warned:
-                warnings.warn(f"spiketide.fisher: {reason}; using the exact per-sample loop (one forward per sample, "
-                              "one backward per horizon), which is slower.", RuntimeWarning, stacklevel=4)
-                warned = True
+            warnings.warn(f"spiketide.fisher: {reason}; using the exact per-sample loop (one forward per sample, "
+                          "one backward per horizon), which is slower.", RuntimeWarning, stacklevel=4)
 
-        if engine.problems and not exact:
+        if engine.problems and use_hooks:
             fall_back("; ".join(engine.problems[:3]))
         uniforms, C, results = None, None, []
         with engine, bar(len(spans(N, batch_size)), "temporal Fisher", enabled=progress) as pbar:
             for s, e in spans(N, batch_size):
                 xb = m.batch(inputs, s, e)
                 if s == 0:
-                    with torch.no_grad():
-                        ref = logits(model, xb)
+                    ref = first_forward(model, xb, targets)
                     T, C = ref.shape[0], ref.shape[2]
-                    check_targets(targets, C)
                     if estimator == "true":
                         uniforms = draw_uniforms(T, N, seed)
                 labels = Labels(targets[s:e].to(m.device), None if uniforms is None else uniforms[:, s:e])
-                norms = None
+                norms = out = None
                 if use_hooks:
                     norms, reason, out = engine.run(xb, e - s, labels, C)
                     if norms is None:
                         fall_back(reason)
-                elif s == 0:
-                    with torch.no_grad():
-                        out = logits(model, xb, C)
                 if s == 0:
                     check_stateless(model, xb, ref, out)
                 if norms is None:
-                    norms = exact_per_sample(model, xb, labels, m.params, m.groups, C)
+                    norms = exact_per_sample(model, xb, labels, m, C)
                 results.append(norms.cpu())
                 pbar.update(1)
         return summarize(torch.cat(results, 1), m.groups.names, per_layer, estimator)

@@ -1,9 +1,5 @@
-"""The result of a measurement and the summaries of a trace I_1..I_T: the information centroid (Eq. 7)
-and the cumulative share of the information reached by each horizon.
-
-Kept apart from the entry module so that `reference` and `engine` can build profiles without importing
-the package entry (which imports them).
-"""
+"""The result of a measurement, and what a trace I_1..I_T says: its centroid (Eq. 7) and the cumulative share
+of the information reached by each horizon. (Below `reference` and `engine`, which build profiles.)"""
 
 from __future__ import annotations
 
@@ -36,7 +32,9 @@ def information_centroid(trace: Tensor | Sequence[float]) -> float:
     return float((t * tr).sum() / total)
 
 
-def _checked_trace(trace: Tensor | Sequence[float]) -> Tensor:
+def cumulative_share(trace: Tensor | Sequence[float]) -> list[float]:
+    """Share of the total information reached by horizon t, sum_{i<=t} I_i / sum_i I_i, for t = 1..T (the last
+    is 1; an all-zero trace, nothing measured, gives nan). ConfigError for an empty, non-finite or negative trace."""
     try:
         t = torch.as_tensor(trace, dtype=torch.float64).detach().cpu()
     except (TypeError, ValueError, RuntimeError):
@@ -46,20 +44,7 @@ def _checked_trace(trace: Tensor | Sequence[float]) -> Tensor:
     if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
         raise ConfigError(f"a Fisher trace must be finite and non-negative (Eq. 6 is a mean of squared norms), "
                           f"got {t.tolist()}")
-    return t
-
-
-def cumulative_share(trace: Tensor | Sequence[float]) -> list[float]:
-    """Share of the total information reached by horizon t, sum_{i<=t} I_i / sum_i I_i, for t = 1..T.
-
-    The last entry is 1. An all-zero trace (nothing measured) gives nan everywhere.
-    Raises ConfigError for an empty, non-finite or negative trace.
-    """
-    t = _checked_trace(trace)
-    total = float(t.sum())
-    if total == 0:
-        return [float("nan")] * t.numel()
-    return (t.cumsum(0) / total).tolist()
+    return (t.cumsum(0) / t.sum()).tolist()
 
 
 def horizon_for_share(trace: Tensor | Sequence[float], q: float) -> int:

@@ -72,13 +72,16 @@ def check_arguments(model: Any, inputs: Any, targets: Any, estimator: str, batch
     return inputs, targets.long()
 
 
-def check_targets(targets: Tensor, num_classes: int) -> None:
-    """Targets in [0, C), once C is known from the first forward pass."""
-    bad = targets[(targets < 0) | (targets >= num_classes)]
+def first_forward(model: nn.Module, xb: Tensor, targets: Tensor) -> Tensor:
+    """No-grad logits [T, B, C] of the first batch; the targets are checked against C."""
+    with torch.no_grad():
+        ref = logits(model, xb)
+    C = ref.shape[2]
+    bad = targets[(targets < 0) | (targets >= C)]
     if bad.numel():
-        raise ConfigError(
-            f"targets must lie in [0, {num_classes}) for a model with {num_classes} classes; found {bad.numel()} out "
-            f"of range (e.g. {int(bad[0])}). Check the label encoding or num_classes.")
+        raise ConfigError(f"targets must lie in [0, {C}) for a model with {C} classes; found {bad.numel()} out of "
+                          f"range (e.g. {int(bad[0])}). Check the label encoding or num_classes.")
+    return ref
 
 
 def spans(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -161,12 +164,14 @@ def squared_norms(grads: Sequence[Tensor | None], groups: ParamGroups) -> Tensor
     return out
 
 
-def check_stateless(model: nn.Module, xb: Tensor, ref: Tensor, out: Tensor) -> None:
-    """`ref` is a no-grad forward of xb made before `out`; a model that keeps state between calls
-    (e.g. neuron membranes not reset inside forward) gives a different answer the second time."""
-    out = out.detach()
+def check_stateless(model: nn.Module, xb: Tensor, ref: Tensor, out: Tensor | None = None) -> None:
+    """`ref` is a no-grad forward of xb made before `out` (default: another no-grad forward); a model that
+    keeps state between calls (neuron membranes not reset inside forward) gives a different answer."""
+    if out is None:
+        with torch.no_grad():
+            out = model(xb)
     scale = float(ref.abs().max()) + 1e-30
-    if ref.shape == out.shape and torch.allclose(out, ref, rtol=1e-5, atol=1e-6 * scale):
+    if ref.shape == out.shape and torch.allclose(out.detach(), ref, rtol=1e-5, atol=1e-6 * scale):
         return
     with torch.no_grad():
         again = model(xb)
@@ -178,10 +183,6 @@ def check_stateless(model: nn.Module, xb: Tensor, ref: Tensor, out: Tensor) -> N
         "(or is random). The model must reset its neuron state (membrane potentials) inside forward, e.g. "
         "snnTorch `mem = lif.init_leaky()` / SpikingJelly `functional.reset_net(net)` at the start of forward, "
         "and must not draw random numbers (encode stochastic inputs before calling temporal_fisher).")
-
-
-# ---------------------------------------------------------------------------------------------
-# Labels: the data's (Eq. 6) or the model's own (Eq. 5)
 
 
 def true_labels(hlogits: Tensor, uniforms: Tensor) -> Tensor:
@@ -232,31 +233,30 @@ def equal_minibatches(n: int, batch_size: int) -> list[tuple[int, int]]:
     return out[:-1] if len(out) > 1 and out[-1][1] - out[-1][0] < batch_size else out
 
 
+def horizon_norms(model: nn.Module, xb: Tensor, labels: Labels, m: Measured, num_classes: int | None = None) -> Tensor:
+    """||grad_theta (1/b) sum_n log f(y_n | x_n, <=t)||^2 of one batch for every horizon, per group [G, T]: one
+    forward, one backward per horizon. For one sample it is a term of Eq. 5-6; for b, one of the authors'."""
+    h = horizon_logits(logits(model, xb, num_classes))
+    lp = torch.log_softmax(h, -1).gather(2, labels.at(h.detach()).unsqueeze(2)).squeeze(2).mean(1)  # [T]
+    T = lp.shape[0]
+    return torch.stack([squared_norms(torch.autograd.grad(lp[t], m.params, retain_graph=t < T - 1, allow_unused=True),
+                                      m.groups) for t in range(T)], 1)
+
+
 def batch_fisher(model: nn.Module, inputs: Tensor, targets: Tensor, *, per_layer: bool = False,
                  batch_size: int = 64, device: torch.device | str | None = None,
                  progress: bool = False) -> FisherProfile:
     """The authors' public estimator: I_t = mean over minibatches of ||grad (1/b) sum_n log f(y_n | x_n, <=t)||^2.
-
-    Not Eq. 6 (see `temporal_fisher`). One forward per minibatch, one backward per horizon (Eq. 4 horizons
-    from `horizon_logits`); stderr is over the minibatches. Arguments as checked by `check_arguments`.
-    """
+    Not Eq. 6 (see `temporal_fisher`); stderr is over the minibatches. Arguments as `check_arguments` left them."""
     chosen = equal_minibatches(inputs.shape[sample_dim(inputs)], batch_size)
     with measurement(model, device) as m, bar(len(chosen), "temporal Fisher (batch)", enabled=progress) as pbar:
         terms = []
         for s, e in chosen:
-            xb, yb = m.batch(inputs, s, e), targets[s:e].to(m.device)
+            xb = m.batch(inputs, s, e)
             if s == 0:
-                with torch.no_grad():
-                    ref = logits(model, xb)
-                check_targets(targets, ref.shape[2])
-            out = logits(model, xb, ref.shape[2])
-            if s == 0:
-                check_stateless(model, xb, ref, out)
-            T = out.shape[0]
-            lp = torch.log_softmax(horizon_logits(out), -1).gather(2, yb.view(1, -1, 1).expand(T, -1, 1)).squeeze(2)
-            terms.append(torch.stack([
-                squared_norms(torch.autograd.grad(lp[t].mean(), m.params, retain_graph=t < T - 1, allow_unused=True),
-                              m.groups) for t in range(T)], 1))  # [G, T]
+                ref = first_forward(model, xb, targets)
+                check_stateless(model, xb, ref)
+            terms.append(horizon_norms(model, xb, Labels(targets[s:e].to(m.device)), m, ref.shape[2]))
             pbar.update(1)
         return summarize(torch.stack(terms, 1), m.groups.names, per_layer, "batch",
                          num_samples=sum(e - s for s, e in chosen))
@@ -285,9 +285,7 @@ def brute_force_fisher(
     batch = estimator == "batch"
     chosen = equal_minibatches(N, batch_size) if batch else spans(N, 1)
     with measurement(model, device) as m:
-        first = logits(model, m.batch(inputs, 0, 1))
-        T = first.shape[0]
-        check_targets(targets, first.shape[2])
+        T = first_forward(model, m.batch(inputs, 0, 1), targets).shape[0]
         drawn = estimator == "true" and labels is None
         uniforms = draw_uniforms(T, N, seed) if drawn else None
         columns = []

@@ -1,17 +1,14 @@
-"""Per-sample gradient rules: each sample's squared gradient norm of one module's parameters, rebuilt from
-the call's input (kept by a forward hook) and output gradient (seen by a tensor hook). A sample's gradient
-sums over the rows it occupies in a call (timesteps, positions):
+"""Per-sample gradient rules: each sample's squared gradient norm of one module's parameters, from the call's
+input (kept by a forward hook) and output gradient (seen by a tensor hook), summed over the sample's rows m:
 
 * matrix rule (Linear, Conv1d/2d): grad_W(n) = sum_m g_m u_m^T, grad_b(n) = sum_m g_m (u_m: input row or im2col
-  patch, g_m: output gradient row). Materialised by one batched matmul per call or, when cheaper, only its
-  squared norm by the Gram identity ||sum_m g_m u_m^T||^2 = sum_{m,m'} (g_m.g_m')(u_m.u_m'), whose input half
-  is the same for all T horizons.
+  patch). Materialised by a batched matmul or, when cheaper, only its squared norm by the Gram identity
+  ||sum_m g_m u_m^T||^2 = sum_{m,m'} (g_m.g_m')(u_m.u_m'), whose input half is the same for all T horizons.
 * norm rule (BatchNorm with running statistics, LayerNorm, GroupNorm): grad_gamma(n) = sum_m g_m * xhat_m,
   grad_beta(n) = sum_m g_m (xhat: the normalised input).
 
-A `Site` is one such module during one forward pass: its calls read in a `Layout`, its plan (rule, what is
-cached across horizons, slices of samples that bound temporaries) and, on a checked batch, the weighted sums
-of its per-sample gradients for the engine's safety net.
+A `Site` is one such module during one forward pass: its calls read in a `Layout`, its plan (rule, cache,
+slices of samples) and, on a checked batch, weighted sums of its per-sample gradients for the safety net.
 """
 
 from __future__ import annotations
@@ -138,6 +135,7 @@ class Site:
         self.cache: dict[Any, Any] = {}
         self.check_sums: dict[str, Tensor] = {}
         self.chunks: list[tuple[int, int]] = []
+        self.cached = False  # horizon-independent tensors kept across the T horizons
 
     def read_calls(self, B: int) -> None:
         """The recorded calls as `Call`s; raises HooksDoNotApply when one has no known layout."""
@@ -155,6 +153,12 @@ class Site:
             layout = self.preferred[i] if self.preferred.get(i) in options else options[0]
             x = layout.rows(x)
             self.calls.append(Call(x, y, layout, options, self.rows_per_sample(x, layout.rows(y), layout)))
+
+    def rows_per_sample(self, x: Tensor, y: Tensor, layout: Layout) -> int:
+        return layout.blocks  # the norm rule only needs the blocks
+
+    def plan(self, T: int, elem: int) -> None:
+        pass
 
     def claim(self, budget: Budget, rule: str | None) -> None:
         pass
@@ -358,9 +362,6 @@ class NormSite(Site):
 
     input_bytes = 0  # horizon-independent bytes worth caching (normalised inputs)
 
-    def plan(self, T, elem):
-        self.cached = False
-
     def settle(self, budget, rule, elem, chunk_bytes):
         self.cached = budget.take(self.input_bytes)
         self.set_chunks((3 * sum(c.x.numel() for c in self.calls) // self.batch + 1) * elem, chunk_bytes)
@@ -382,9 +383,6 @@ class LayerNormSite(NormSite):
         n = len(self.module.normalized_shape)
         return feature_layouts(x, y, B, n, n)
 
-    def rows_per_sample(self, x, y, layout):
-        return x.numel() // (self.batch * max(math.prod(self.module.normalized_shape), 1))
-
     def parts(self, c, g, key, used):
         (start, stop), m = self.chunks[key[0]], self.module
         n = len(m.normalized_shape)
@@ -405,11 +403,7 @@ class ChannelNormSite(NormSite):
         dims = (2, 3) if isinstance(m, nn.BatchNorm1d) else (4,) if isinstance(m, nn.BatchNorm2d) else (5,)
         return channel_layouts(x, y, B, dims, split=True)
 
-    def rows_per_sample(self, x, y, layout):
-        return layout.blocks
-
     def plan(self, T, elem):
-        super().plan(T, elem)
         self.input_bytes = sum(c.x.numel() * elem for c in self.calls)
 
     def normalised(self, c: Call, key: Any, used: int) -> Tensor:

@@ -51,9 +51,5 @@ def create(name: str, *, num_classes: int, timesteps: int, tau: float = 2.0, in_
     return model
 
 
-def _register_builtin() -> None:
-    # Each architecture module registers itself on import (after `register` exists).
-    from spiketide.models import alexnet, convnet, resnet, vgg  # noqa: F401
-
-
-_register_builtin()
+# Each architecture module registers itself on import, so this comes after `register` exists.
+from spiketide.models import alexnet, convnet, resnet, vgg  # noqa: E402, F401
