@@ -22,7 +22,7 @@ from spiketide.fisher import (
     information_centroid,
     temporal_fisher,
 )
-from spiketide.fisher.reference import sample_true_labels
+from spiketide.fisher.reference import draw_uniforms, true_labels
 from spiketide.losses import horizon_logits
 from spiketide.models import create
 from spiketide.neuron import lif_scan, spike
@@ -210,7 +210,7 @@ def test_convnet_matches_brute_force(conv_data, conv_ref, estimator):
         m.eval()
         with torch.no_grad():
             h = horizon_logits(m(x))
-        kw["labels"] = sample_true_labels(h, torch.Generator().manual_seed(7))  # the draws, fixed
+        kw["labels"] = true_labels(h, draw_uniforms(3, 6, seed=7))  # the draws, fixed
     fast = no_warnings(temporal_fisher, m, x, y, estimator=estimator, batch_size=4, seed=7, per_layer=True)
     if estimator == "empirical":
         ref = conv_ref
@@ -539,7 +539,7 @@ def test_per_timestep_inputs_match_brute_force(estimator):
     if estimator == "true":
         m.eval()
         with torch.no_grad():
-            kw["labels"] = sample_true_labels(horizon_logits(m(x)), torch.Generator().manual_seed(4))
+            kw["labels"] = true_labels(horizon_logits(m(x)), draw_uniforms(3, 6, seed=4))
     fast = no_warnings(temporal_fisher, m, x, y, estimator=estimator, batch_size=4, seed=4, per_layer=True)
     ref = brute_force_fisher(m, x, y, estimator=estimator, batch_size=4, seed=4, per_layer=True, **kw)
     assert rel(fast.trace, ref.trace) < RTOL

@@ -153,21 +153,6 @@ def test_fast_path_is_per_model_not_per_process(tmp_path):
     assert all(m.fast for m in _lifs(fast.model))  # one fast_lif=False run no longer switches it off for good
 
 
-def test_compile_failure_falls_back_for_that_module_only(monkeypatch):
-    from spiketide import neuron
-
-    def broken(*a, **k):
-        raise RuntimeError("no compiler")
-
-    monkeypatch.setattr(neuron._FusedLIF, "apply", broken)
-    lif = neuron.LIF(2.0, fast=True)
-    x = torch.randn(3, 2, 4) * 3
-    with pytest.warns(RuntimeWarning, match="plain step loop"):
-        s = lif(x)
-    torch.testing.assert_close(s, neuron.lif_scan(x, 2.0))
-    assert neuron.LIF(2.0, fast=True).fast  # a new module tries the compiled scan again
-
-
 class Recorder(Callback):
     def __init__(self, key, log):
         self.key, self.log, self.count = key, log, 0

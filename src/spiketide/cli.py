@@ -17,24 +17,20 @@ if TYPE_CHECKING:
     from spiketide.train import TrainConfig
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+def _int_at_least(lo: int):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+
+    return parse
 
 
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
+_positive_int, _nonneg_int = _int_at_least(1), _int_at_least(0)
 
 
 def _int_list(s: str) -> list[int]:
@@ -249,51 +245,50 @@ def _write_json(path: Path, obj) -> None:
     print(f"wrote {path}")
 
 
-def _writing(out_dir: Path, command: str):
-    """Hold a run directory's lock while a command writes results into it (nothing to hold for a loose folder)."""
-    import contextlib
+def _analysis(body, path_arg: str):
+    """A command that analyses the checkpoints named by `args.<path_arg>` and writes its results into their run,
+    holding the run's lock meanwhile (nothing to hold for a loose folder)."""
 
-    from spiketide.runs import RunDir
+    def run(args) -> int:
+        import contextlib
 
-    run = RunDir(out_dir)
-    return run.lock(f"spiketide {command}") if run.exists() else contextlib.nullcontext()
+        from spiketide.runs import RunDir
+
+        ckpts, out_dir = _checkpoints_of(getattr(args, path_arg))
+        run_dir = RunDir(out_dir)
+        with run_dir.lock(f"spiketide {args.command}") if run_dir.exists() else contextlib.nullcontext():
+            return body(args, ckpts, out_dir)
+
+    return run
 
 
-def cmd_fisher(args) -> int:
+def cmd_fisher(args, ckpts: list[Path], out_dir: Path) -> int:
     from spiketide import data, plots
     from spiketide.fisher import temporal_fisher
     from spiketide.train import select_device
 
     device = select_device(args.device)
-    ckpts, out_dir = _checkpoints_of(args.path)
-    with _writing(out_dir, "fisher"):
-        results = []
-        for ckpt in ckpts:
-            model, config, state, ds = _load_with_data(ckpt, args, args.split, args.samples, device)
-            prof = temporal_fisher(model, data.to_float(ds.images), ds.labels, estimator=args.estimator,
-                                   per_layer=args.per_layer, batch_size=args.batch_size, seed=args.seed,
-                                   progress=args.progress)
-            results.append({"checkpoint": str(ckpt), "epoch": state.get("epoch"), "fisher": prof.to_dict()})
-            trace = ", ".join(f"{v:.4g}" for v in prof.trace.tolist())
-            print(f"{ckpt.name} (epoch {state.get('epoch')}): I_t = [{trace}], centroid {prof.centroid:.3f}")
-        out = Path(args.out) if args.out else out_dir / "fisher.json"
-        _write_json(out, {"split": args.split, "samples": args.samples, "estimator": args.estimator, "results": results})
-        records = [{"epoch": r["epoch"] if r["epoch"] is not None else i, "fisher": r["fisher"]}
-                   for i, r in enumerate(results)]
-        figs = plots.save(plots.plot_fig1(records), _figure_path(out_dir, out, f"{out.stem}_fig1"))
-        if args.per_layer:
-            figs += plots.save(plots.plot_fig3(records), _figure_path(out_dir, out, f"{out.stem}_fig3"))
+    results = []
+    for ckpt in ckpts:
+        model, config, state, ds = _load_with_data(ckpt, args, args.split, args.samples, device)
+        prof = temporal_fisher(model, data.to_float(ds.images), ds.labels, estimator=args.estimator,
+                               per_layer=args.per_layer, batch_size=args.batch_size, seed=args.seed,
+                               progress=args.progress)
+        results.append({"checkpoint": str(ckpt), "epoch": state.get("epoch"), "fisher": prof.to_dict()})
+        trace = ", ".join(f"{v:.4g}" for v in prof.trace.tolist())
+        print(f"{ckpt.name} (epoch {state.get('epoch')}): I_t = [{trace}], centroid {prof.centroid:.3f}")
+    out = Path(args.out) if args.out else out_dir / "fisher.json"
+    _write_json(out, {"split": args.split, "samples": args.samples, "estimator": args.estimator, "results": results})
+    records = [{"epoch": r["epoch"] if r["epoch"] is not None else i, "fisher": r["fisher"]}
+               for i, r in enumerate(results)]
+    figs = plots.save(plots.plot_fig1(records), _figure_path(out_dir, out, f"{out.stem}_fig1"))
+    if args.per_layer:
+        figs += plots.save(plots.plot_fig3(records), _figure_path(out_dir, out, f"{out.stem}_fig3"))
     print("figures: " + ", ".join(str(f) for f in figs))
     return 0
 
 
-def cmd_deficits(args) -> int:
-    ckpts, out_dir = _checkpoints_of(args.path)
-    with _writing(out_dir, "deficits"):
-        return _deficits(args, ckpts, out_dir)
-
-
-def _deficits(args, ckpts: list[Path], out_dir: Path) -> int:
+def cmd_deficits(args, ckpts: list[Path], out_dir: Path) -> int:
     from spiketide import plots
     from spiketide.experiments.deficits import deficits_over_checkpoints
     from spiketide.train import select_device
@@ -313,18 +308,12 @@ def _deficits(args, ckpts: list[Path], out_dir: Path) -> int:
     return 0
 
 
-def cmd_robustness(args) -> int:
-    ckpts, out_dir = _checkpoints_of(args.checkpoint)
-    with _writing(out_dir, "robustness"):
-        return _robustness(args, ckpts[-1], out_dir)
-
-
-def _robustness(args, ckpt: Path, out_dir: Path) -> int:
+def cmd_robustness(args, ckpts: list[Path], out_dir: Path) -> int:
     from spiketide import robustness
     from spiketide.runs import atomic_write_text
     from spiketide.train import select_device
 
-    device = select_device(args.device)
+    device, ckpt = select_device(args.device), ckpts[-1]
     model, config, state, ds = _load_with_data(ckpt, args, "test", args.samples, device)
     print(f"{ckpt}: {len(ds)} test images; PGD eps {args.eps:.4g}, step {args.pgd_step:.4g}, {args.pgd_iters} iterations, "
           f"random start {'on' if args.random_start else 'off'}")
@@ -357,18 +346,12 @@ def _robustness(args, ckpt: Path, out_dir: Path) -> int:
     return 0
 
 
-def cmd_early_exit(args) -> int:
-    ckpts, out_dir = _checkpoints_of(args.checkpoint)
-    with _writing(out_dir, "early-exit"):
-        return _early_exit(args, ckpts[-1], out_dir)
-
-
-def _early_exit(args, ckpt: Path, out_dir: Path) -> int:
+def cmd_early_exit(args, ckpts: list[Path], out_dir: Path) -> int:
     from spiketide import data, early_exit, plots
     from spiketide.fisher import temporal_fisher
     from spiketide.train import select_device
 
-    device = select_device(args.device)
+    device, ckpt = select_device(args.device), ckpts[-1]
     model, config, state, ds = _load_with_data(ckpt, args, "test", args.samples, device)
     curve = early_exit.exit_curve(model, ds.images, ds.labels, thresholds=args.thresholds, batch_size=args.batch_size)
     train = _eval_data(config, "train", args.fisher_samples, args.seed, args.data_root, device)
@@ -386,10 +369,11 @@ def _early_exit(args, ckpt: Path, out_dir: Path) -> int:
 def cmd_prune(args) -> int:
     from spiketide import pruning
     from spiketide.experiments.pruning import iterative_prune
+    from spiketide.runs import RunDir
 
     t = args.t_retrain
     t_retrain = None if t is None else ("auto" if t.strip() == "auto" else tuple(_int_list(t)))
-    with _writing(Path(args.run_dir), "prune"):
+    with RunDir(args.run_dir).lock("spiketide prune"):
         result = iterative_prune(args.run_dir, rounds=args.rounds, rate=args.rate, retrain_epochs=args.retrain_epochs,
                                  t_retrain=t_retrain, q=args.q, rewind_epoch=args.rewind_epoch, lr=args.lr,
                                  fisher_samples=args.fisher_samples, out=args.out, device=args.device,
@@ -421,7 +405,7 @@ def add_analysis_commands(sub) -> None:
     p.add_argument("--per-layer", action="store_true", help="also per block (Fig. 3)")
     p.add_argument("--split", choices=("train", "test"), default="train")
     _add_eval_options(p, 128, "class-balanced images measured (default %(default)s)")
-    p.set_defaults(func=cmd_fisher, batch_size=64)
+    p.set_defaults(func=_analysis(cmd_fisher, "path"), batch_size=64)
 
     p = sub.add_parser("deficits", help="time-window noise deficits of saved checkpoints (Fig. 2)",
                        description="Test accuracy with Gaussian noise (l2 = 50%% of the image's) only in timesteps "
@@ -430,7 +414,7 @@ def add_analysis_commands(sub) -> None:
     p.add_argument("--window", type=_positive_int, default=3, help="window length w (default %(default)s)")
     p.add_argument("--noise-ratio", type=float, default=0.5)
     _add_eval_options(p, 1000, "class-balanced test images (default %(default)s)")
-    p.set_defaults(func=cmd_deficits)
+    p.set_defaults(func=_analysis(cmd_deficits, "path"))
 
     p = sub.add_parser("robustness", help="Table 1: clean, Gaussian noise, blur, FGSM and PGD accuracy",
                        description="Evaluate a checkpoint under Gaussian noise (l2 = 50%%), blur (down/up x2, bilinear), "
@@ -446,7 +430,7 @@ def add_analysis_commands(sub) -> None:
                    help="also attack only timesteps 1..k vs only the last k (beyond the paper)")
     p.add_argument("--name", default=None, help="row name in the Markdown table")
     _add_eval_options(p, None, "class-balanced test images (default: the whole test split)")
-    p.set_defaults(func=cmd_robustness)
+    p.set_defaults(func=_analysis(cmd_robustness, "checkpoint"))
 
     p = sub.add_parser("early-exit", help="confidence-based early exit: accuracy vs timesteps used",
                        description="Each test image exits at the first timestep whose horizon output (Eq. 4) is more "
@@ -455,7 +439,7 @@ def add_analysis_commands(sub) -> None:
     p.add_argument("--thresholds", type=_float_list, default=None, help="comma-separated confidence thresholds")
     p.add_argument("--fisher-samples", type=_positive_int, default=128)
     _add_eval_options(p, None, "class-balanced test images (default: the whole test split)")
-    p.set_defaults(func=cmd_early_exit)
+    p.set_defaults(func=_analysis(cmd_early_exit, "checkpoint"))
 
     p = sub.add_parser("prune", help="iterative magnitude pruning that retrains with fewer timesteps (Fig. 6-7)",
                        description="Start from a trained run (T timesteps); R rounds of pruning p of the remaining conv/linear "

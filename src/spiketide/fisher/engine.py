@@ -40,24 +40,12 @@ CHECK_SEED = 0x5EED  # the safety net's random weights come from a private gener
 
 def cache_budget(device: torch.device) -> int:
     """Bytes of horizon-independent tensors kept across the T backward passes of a batch."""
-    if device.type == "cuda":
-        try:
-            free, _ = torch.cuda.mem_get_info(device)
-            return int(min(16 * 2**30, max(CACHE_BYTES, free // 4)))
-        except Exception:  # pragma: no cover - driver query failed
-            return CACHE_BYTES
-    return CACHE_BYTES
-
-
-# ---------------------------------------------------------------------------------------------
-# Convolutions' backward up to the horizon
-
-
-class ParamGradSwitch:
-    """Weight gradients wanted? Only in the safety net's reference pass: the horizon passes ask for output
-    gradients alone, which a Python autograd node (`_TailSkipConv`) cannot see by itself."""
-
-    on = False
+    if device.type != "cuda":
+        return CACHE_BYTES
+    try:  # a quarter of the free GPU memory, at most 16 GB
+        return int(min(16 * 2**30, max(CACHE_BYTES, torch.cuda.mem_get_info(device)[0] // 4)))
+    except Exception:  # pragma: no cover - the driver query failed
+        return CACHE_BYTES
 
 
 def nonzero_rows(g: Tensor, blocks: int, B: int) -> int:
@@ -71,19 +59,21 @@ class _TailSkipConv(torch.autograd.Function):
     Its backward is the convolution's own (aten.convolution_backward with the module's arguments), run only
     on the leading rows whose output gradient is not all zero: for horizon t, the rows of timesteps after t
     carry zero gradient, and a convolution's rows are independent, so their input gradient is exactly zero.
-    For a causal SNN this saves about (T-1)/(2T) of the convolutions' backward work over the T horizons."""
+    For a causal SNN this saves about (T-1)/(2T) of the convolutions' backward work over the T horizons.
+    Weight gradients only when `engine.param_grads` is set (the safety net's reference pass): the horizon
+    passes ask for output gradients alone, which a Python autograd node cannot see by itself."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, y, geometry, k, B, switch):
+    def forward(ctx, x, weight, bias, y, geometry, k, B, engine):
         ctx.save_for_backward(x, weight)
-        ctx.geometry, ctx.k, ctx.B, ctx.has_bias, ctx.switch = geometry, k, B, bias is not None, switch
+        ctx.geometry, ctx.k, ctx.B, ctx.has_bias, ctx.engine = geometry, k, B, bias is not None, engine
         return y.clone()  # a fresh tensor (not a view): later in-place use stays legal and is detected
 
     @staticmethod
     def backward(ctx, go):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        need_w, need_b = need_w and ctx.switch.on, need_b and ctx.switch.on
+        need_w, need_b = need_w and ctx.engine.param_grads, need_b and ctx.engine.param_grads
         rows = nonzero_rows(go, ctx.k, ctx.B)
         if rows == 0:
             return (torch.zeros_like(x) if need_x else None, torch.zeros_like(weight) if need_w else None,
@@ -99,7 +89,7 @@ class _TailSkipConv(torch.autograd.Function):
         return gx if need_x else None, gw if need_w else None, gb if need_b else None, None, None, None, None, None
 
 
-def _tail_skip(m: nn.Module, x: Any, y: Any, B: int, switch: ParamGradSwitch) -> Tensor | None:
+def _tail_skip(m: nn.Module, x: Any, y: Any, B: int, engine: HookEngine) -> Tensor | None:
     """`y` rebuilt on a _TailSkipConv node when the call is a plain zero-padded convolution of a time-major
     folded batch with more than one row block; None otherwise."""
     if not (isinstance(x, Tensor) and isinstance(y, Tensor) and torch.is_grad_enabled()):
@@ -112,11 +102,7 @@ def _tail_skip(m: nn.Module, x: Any, y: Any, B: int, switch: ParamGradSwitch) ->
     if x.dtype != w.dtype or y.dtype != w.dtype or (b is not None and b.dtype != w.dtype):
         return None
     geometry = (list(m.stride), list(m.padding), list(m.dilation), m.groups)
-    return _TailSkipConv.apply(x, w, b, y.detach(), geometry, x.shape[0] // B, B, switch)
-
-
-# ---------------------------------------------------------------------------------------------
-# The engine
+    return _TailSkipConv.apply(x, w, b, y.detach(), geometry, x.shape[0] // B, B, engine)
 
 
 class BatchResult(NamedTuple):
@@ -170,8 +156,7 @@ class HookEngine:
                     self.problems.append(f"a parameter of {label} is shared with {owner[i]}")
                 owner[i] = label
             self.sites.append(site)
-        self.capturing = False
-        self.switch = ParamGradSwitch()
+        self.capturing = self.param_grads = False
         self.B = 0
         self.handles: list[Any] = []
         self.checked: Any = None  # the call structure the safety net last confirmed
@@ -197,7 +182,7 @@ class HookEngine:
                 return None
             x = args[0] if args else kwargs.get("input", next(iter(kwargs.values()), None))
             if self.tail_skip and isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-                rebuilt = _tail_skip(mod, x, out, self.B, self.switch)
+                rebuilt = _tail_skip(mod, x, out, self.B, self)
                 out = out if rebuilt is None else rebuilt
             site.records.append(Record(x, out, getattr(x, "_version", None), getattr(out, "_version", None)))
             return out
@@ -232,7 +217,8 @@ class HookEngine:
                     return BatchResult(None, f"per-sample gradients from hooks failed ({type(exc).__name__}: {exc})",
                                        out.detach())
                 # retry once with the other reading of ambiguous layouts ([T, B, F] with T == B)
-                ambiguous = [(site, i, c) for site in self.sites for i, c in enumerate(site.calls) if len(c.options) > 1]
+                ambiguous = [(site, i, c) for site in self.sites for i, c in enumerate(site.calls)
+                             if len(c.options) > 1]
                 if attempt or not ambiguous:
                     break
                 for site, i, c in ambiguous:
@@ -285,7 +271,7 @@ class HookEngine:
                 h.remove()
         if check:
             norms /= w.t().double().pow(2)  # the loss was weighted by w_tn: undo it in the squared norms
-            self._safety_net(lp, a, B)
+            self._safety_net(lp, a)
         return norms
 
     def _tensor_hook(self, si: int, ci: int):
@@ -315,16 +301,16 @@ class HookEngine:
             for attr, v in site.per_sample(grads, chunk, coef).items():
                 state.norms[self.groups.index[site.params[attr]], s:e, state.horizon] += v
 
-    def _safety_net(self, lp: Tensor, a: Tensor, B: int) -> None:
+    def _safety_net(self, lp: Tensor, a: Tensor) -> None:
         """Compare sum_tn a_tn grad_tn (from the hooks) with autograd's gradient of sum_tn a_tn log f."""
         with torch.no_grad():
             for site in self.sites:
                 site.finish_check()
-        self.switch.on = True
+        self.param_grads = True
         try:  # retained: a failed check may be retried on the same graph with another reading of layouts
             ref = torch.autograd.grad((lp * a).sum(), self.params, retain_graph=True, allow_unused=True)
         finally:
-            self.switch.on = False
+            self.param_grads = False
         # float rounding only; a wrong layout or a missed use is off by O(0.1) or more (random weights)
         tol = 1e-8 if lp.dtype == torch.float64 else (1e-2 if lp.device.type == "cuda" else 2e-3)
         sizes = [0.0 if g is None else float(g.double().norm()) for g in ref]
@@ -352,7 +338,8 @@ def _lowest(root: Any, nodes: list[Any]) -> list[int]:
     while stack:
         node, done = stack.pop()
         if done:
-            below[node] = any(ch is not None and (ch in wanted or below.get(ch, False)) for ch, _ in node.next_functions)
+            below[node] = any(ch is not None and (ch in wanted or below.get(ch, False))
+                              for ch, _ in node.next_functions)
             continue
         if node in seen:
             continue

@@ -1,10 +1,7 @@
-"""The definition, written plainly: how a model is measured, the brute force, and the authors' estimator.
-
-`brute_force_fisher` states Eq. 5-6 as directly as code can: one sample, one horizon, one forward and
-one backward at a time, with the horizon output written as out[:t].mean(0). `batch_fisher` is the
-authors' public estimator. Both, and the hook engine, share what is here: the argument checks done
-once at the public entries, the measurement context, parameter groups, the "true" labels (Eq. 5) and
-the one function turning gradients into squared norms per group.
+"""The definition, written plainly: `brute_force_fisher` (Eq. 5-6 one sample, one horizon, one forward and one
+backward at a time) and the authors' `batch_fisher`; with what the hook engine shares: the argument checks
+made once at the public entries, the measurement context, parameter groups, the "true" labels (Eq. 5) and the
+one function turning gradients into squared norms per group.
 """
 
 from __future__ import annotations
@@ -24,11 +21,7 @@ from spiketide.fisher.profile import ESTIMATORS, FisherProfile, summarize
 from spiketide.losses import horizon_logits
 from spiketide.progress import bar
 
-__all__ = ["brute_force_fisher", "batch_fisher", "sample_true_labels", "check_arguments", "sample_dim"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Arguments (checked once, at the public entries)
+__all__ = ["brute_force_fisher", "batch_fisher", "true_labels", "draw_uniforms", "check_arguments", "sample_dim"]
 
 
 def sample_dim(inputs: Tensor) -> int:
@@ -59,7 +52,7 @@ def check_arguments(model: Any, inputs: Any, targets: Any, estimator: str, batch
         where = "dim 1 of per-timestep inputs [T, N, C, H, W]" if dim else "len(inputs)"
         raise ConfigError(f"{where} = {inputs.shape[dim]} but len(targets) = {len(targets)}; they must match")
     if (inputs.is_floating_point() or inputs.is_complex()) and not bool(torch.isfinite(inputs).all()):
-        raise ConfigError("inputs contain NaN or inf; every input value must be finite (the Fisher profile would be nan)")
+        raise ConfigError("inputs contain NaN or inf; every input value must be finite (or the Fisher profile is nan)")
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("the model has no trainable parameters (requires_grad=True); nothing to measure")
     for name, m in model.named_modules():
@@ -86,10 +79,6 @@ def first_forward(model: nn.Module, xb: Tensor, targets: Tensor) -> Tensor:
 
 def spans(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
-
-
-# ---------------------------------------------------------------------------------------------
-# The measurement context
 
 
 class ParamGroups(NamedTuple):
@@ -193,16 +182,10 @@ def true_labels(hlogits: Tensor, uniforms: Tensor) -> Tensor:
 
 
 def draw_uniforms(T: int, N: int, seed: int) -> Tensor:
-    """The uniforms of every "true" draw, [T, N] in data order, so the draws do not depend on batching."""
+    """The uniforms of every "true" draw, [T, N] in data order, so the draws do not depend on batching:
+    `true_labels(horizon logits of the whole data set, draw_uniforms(T, N, seed))` are exactly the labels
+    `temporal_fisher(..., estimator="true", seed=seed)` uses."""
     return torch.rand((T, N), generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
-
-
-def sample_true_labels(hlogits: Tensor, generator: torch.Generator) -> Tensor:
-    """One Monte-Carlo label per sample and horizon from softmax(hlogits) [T, N, C] -> [T, N]. With
-    `torch.Generator().manual_seed(seed)` and the horizon logits of the whole data set this reproduces
-    exactly the labels `temporal_fisher(..., estimator="true", seed=seed)` uses."""
-    T, N = hlogits.shape[:2]
-    return true_labels(hlogits, torch.rand((T, N), generator=generator, dtype=torch.float64))
 
 
 class Labels(NamedTuple):
@@ -220,10 +203,6 @@ class Labels(NamedTuple):
 
     def sample(self, n: int) -> Labels:
         return Labels(self.targets[n:n + 1], None if self.uniforms is None else self.uniforms[:, n:n + 1])
-
-
-# ---------------------------------------------------------------------------------------------
-# The estimators written plainly
 
 
 def equal_minibatches(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -262,18 +241,9 @@ def batch_fisher(model: nn.Module, inputs: Tensor, targets: Tensor, *, per_layer
                          num_samples=sum(e - s for s, e in chosen))
 
 
-def brute_force_fisher(
-    model: nn.Module,
-    inputs: Tensor,
-    targets: Tensor,
-    *,
-    estimator: str = "empirical",
-    per_layer: bool = False,
-    batch_size: int = 64,
-    seed: int = 0,
-    labels: Tensor | None = None,
-    device: torch.device | str | None = None,
-) -> FisherProfile:
+def brute_force_fisher(model: nn.Module, inputs: Tensor, targets: Tensor, *, estimator: str = "empirical",
+                       per_layer: bool = False, batch_size: int = 64, seed: int = 0, labels: Tensor | None = None,
+                       device: torch.device | str | None = None) -> FisherProfile:
     """Reference implementation of Eq. 5-6 (and of "batch"): one sample (for "batch": one minibatch), one
     horizon, one forward and one backward at a time, with the horizon output written as out[:t].mean(0).
 

@@ -126,6 +126,7 @@ class Site:
     def __init__(self, name: str, module: nn.Module, params: dict[str, int]):
         self.name, self.module, self.params = name, module, params
         self.label = f"{name} ({type(module).__name__})"
+        self.dtype = getattr(module, next(iter(params))).dtype  # under autocast: compute in the parameters' precision
         self.records: list[Record] = []
         self.preferred: dict[int, Layout] = {}  # call index -> the layout the safety net confirmed
         self.clear()
@@ -176,10 +177,6 @@ class Site:
 
     def finish_check(self) -> None:
         pass
-
-    def dtype(self) -> torch.dtype:  # under autocast, compute in the parameters' precision
-        p = getattr(self.module, "weight", None)
-        return (p if p is not None else self.module.bias).dtype
 
     def zeros(self, b: int) -> dict[str, Tensor]:
         return {a: torch.zeros(b, dtype=torch.float64, device=getattr(self.module, a).device) for a in self.params}
@@ -311,11 +308,11 @@ class LinearSite(MatrixSite):
         return x.numel() // (self.batch * max(x.shape[-1], 1))
 
     def inputs(self, c, start, stop, used=None):
-        return sample_rows(c.x, c.layout.blocks, self.batch, start, stop, 1, used).to(self.dtype()).transpose(1, 2)
+        return sample_rows(c.x, c.layout.blocks, self.batch, start, stop, 1, used).to(self.dtype).transpose(1, 2)
 
     def grads(self, c, g, start, stop, used):
         g = sample_rows(c.layout.rows(g), c.layout.blocks, self.batch, start, stop, 1, used)
-        return g.to(self.dtype()).transpose(1, 2)
+        return g.to(self.dtype).transpose(1, 2)
 
 
 class ConvSite(MatrixSite):
@@ -349,12 +346,12 @@ class ConvSite(MatrixSite):
         st = xs.stride()
         v = xs.as_strided((b, C, kh, kw, used, Ho, Wo),
                           (st[0], st[2], st[3] * dh, st[4] * dw, st[1], st[3] * sh, st[4] * sw), xs.storage_offset())
-        return v.reshape(b, C * kh * kw, used * Ho * Wo).to(self.dtype())
+        return v.reshape(b, C * kh * kw, used * Ho * Wo).to(self.dtype)
 
     def grads(self, c, g, start, stop, used):
         g = c.layout.rows(g)
         g = g.reshape(c.layout.blocks, self.batch, g.shape[1], -1)[:used, start:stop]
-        return g.permute(1, 2, 0, 3).reshape(stop - start, g.shape[2], -1).to(self.dtype())
+        return g.permute(1, 2, 0, 3).reshape(stop - start, g.shape[2], -1).to(self.dtype)
 
 
 class NormSite(Site):
@@ -386,7 +383,7 @@ class LayerNormSite(NormSite):
     def parts(self, c, g, key, used):
         (start, stop), m = self.chunks[key[0]], self.module
         n = len(m.normalized_shape)
-        rows = [sample_rows(z, c.layout.blocks, self.batch, start, stop, n, used).to(self.dtype()) for z in (g, c.x)]
+        rows = [sample_rows(z, c.layout.blocks, self.batch, start, stop, n, used).to(self.dtype) for z in (g, c.x)]
         weight = None  # one row per sample and block: recomputed per horizon, not cached
         if "weight" in self.params:
             weight = (rows[0] * F.layer_norm(rows[1], m.normalized_shape, None, None, m.eps)).sum(1)
@@ -413,7 +410,7 @@ class ChannelNormSite(NormSite):
             return hit[:used]
         (start, stop), m, k = self.chunks[key[0]], self.module, c.layout.blocks
         n = k if self.cached else used
-        x = c.x.reshape(k, self.batch, *c.x.shape[1:])[:n, start:stop].to(self.dtype())  # [n, b, C, ...]
+        x = c.x.reshape(k, self.batch, *c.x.shape[1:])[:n, start:stop].to(self.dtype)  # [n, b, C, ...]
         if isinstance(m, nn.GroupNorm):
             xh = F.group_norm(x.flatten(0, 1), m.num_groups, None, None, m.eps)
             xh = xh.reshape(n, stop - start, x.shape[2], -1)
@@ -427,7 +424,7 @@ class ChannelNormSite(NormSite):
 
     def parts(self, c, g, key, used):
         (start, stop), C = self.chunks[key[0]], g.shape[1]
-        G = g.reshape(c.layout.blocks, self.batch, C, -1)[:used, start:stop].to(self.dtype())  # [used, b, C, S]
+        G = g.reshape(c.layout.blocks, self.batch, C, -1)[:used, start:stop].to(self.dtype)  # [used, b, C, S]
         weight = None
         if "weight" in self.params:
             xh = self.normalised(c, key, used)

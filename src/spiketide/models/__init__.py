@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 
 from torch import nn
@@ -30,10 +32,13 @@ def available() -> list[str]:
 
 
 def create(name: str, *, num_classes: int, timesteps: int, tau: float = 2.0, in_channels: int = 3,
-           image_size: int = 32, fast_lif: bool | None = None, **kwargs) -> SpikingModel:
+           image_size: int = 32, fast_lif: bool | None = None, width: float = 1.0, **kwargs) -> SpikingModel:
     """Build a registered SNN: pixels [B, C, H, W] or [T, B, C, H, W] in [0, 1] -> logits [T, B, num_classes].
 
     `fast_lif` picks the compiled LIF scan for every neuron of this model (None: `neuron.default_fast()`).
+    `width` (a number > 0, default 1.0 = the documented model) multiplies every hidden channel count and
+    hidden linear size, each rounded to an int and at least 1; input channels and classes are unchanged,
+    as are `block_names`. E.g. resnet19 at width=1/8 has stem 16 and stages 32/64/64 (parameters ~ width**2).
     kwargs: `mean`, `std` (per-channel normalisation, pixel units) and model-specific options.
     """
     if name not in _REGISTRY:
@@ -42,8 +47,11 @@ def create(name: str, *, num_classes: int, timesteps: int, tau: float = 2.0, in_
         raise ConfigError(f"timesteps T must be >= 1, got {timesteps}")
     if int(num_classes) < 2:
         raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
+    # bool is a numbers.Real too, but width=True is surely a mistake
+    if isinstance(width, bool) or not isinstance(width, numbers.Real) or not math.isfinite(width) or width <= 0:
+        raise ConfigError(f"width must be a finite number > 0 (1.0 = full width), got {width!r}")
     model = _REGISTRY[name](num_classes=num_classes, timesteps=timesteps, tau=tau, in_channels=in_channels,
-                            image_size=image_size, **kwargs)
+                            image_size=image_size, width=float(width), **kwargs)
     if fast_lif is not None:
         for m in model.modules():
             if isinstance(m, LIF):

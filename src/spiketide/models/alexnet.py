@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from spiketide.models import register
-from spiketide.models.base import SpikingModel, fold
+from spiketide.models.base import SpikingModel, fold, scale_width
 from spiketide.neuron import LIF
 
 __all__ = ["AlexNet"]
@@ -30,6 +30,7 @@ class AlexNet(SpikingModel):
     shared across timesteps. Blocks: ``stem``, ``conv2`` .. ``conv5``,
     ``fc1``, ``fc2``, ``fc``.
     3 input channels, 10 classes: 5,434,602 parameters (1 input channel: 5,432,874).
+    `width` scales every conv width and both hidden FC sizes.
     """
 
     block_names = ("stem", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2", "fc")
@@ -38,20 +39,21 @@ class AlexNet(SpikingModel):
                  image_size: int = 32, **kw):
         super().__init__(num_classes=num_classes, timesteps=timesteps, in_channels=in_channels,
                          image_size=image_size, **kw)
-        self.stem = _conv_bn(in_channels, 96)
-        self.conv2 = _conv_bn(96, 256)
-        self.conv3 = _conv_bn(256, 384)
-        self.conv4 = _conv_bn(384, 384)
-        self.conv5 = _conv_bn(384, 256)
+        c1, c2, c3, c4, c5, h = (scale_width(c, self.width) for c in (96, 256, 384, 384, 256, 1024))
+        self.stem = _conv_bn(in_channels, c1)
+        self.conv2 = _conv_bn(c1, c2)
+        self.conv3 = _conv_bn(c2, c3)
+        self.conv4 = _conv_bn(c3, c4)
+        self.conv5 = _conv_bn(c4, c5)
         for k in range(1, 8):
             setattr(self, f"lif{k}", LIF(tau))
         self.pool = nn.AvgPool2d(2, ceil_mode=True)
         self.gap = nn.AdaptiveAvgPool2d(2)
         # Hidden FC layers carry BN (shared across timesteps) like the convs: with plain Linear init their
         # currents stay far below threshold and the classifier would receive no spikes at initialisation.
-        self.fc1 = nn.Sequential(nn.Linear(256 * 4, 1024, bias=False), nn.BatchNorm1d(1024))
-        self.fc2 = nn.Sequential(nn.Linear(1024, 1024, bias=False), nn.BatchNorm1d(1024))
-        self.fc = nn.Linear(1024, num_classes)
+        self.fc1 = nn.Sequential(nn.Linear(c5 * 4, h, bias=False), nn.BatchNorm1d(h))
+        self.fc2 = nn.Sequential(nn.Linear(h, h, bias=False), nn.BatchNorm1d(h))
+        self.fc = nn.Linear(h, num_classes)
 
     def forward_features(self, z: torch.Tensor) -> torch.Tensor:
         s = fold(self.pool, self.lif1(z))

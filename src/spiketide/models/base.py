@@ -9,7 +9,12 @@ from torch import nn
 
 from spiketide.errors import ConfigError
 
-__all__ = ["fold", "SpikingModel"]
+__all__ = ["fold", "scale_width", "SpikingModel"]
+
+
+def scale_width(channels: int, width: float) -> int:
+    """A hidden channel count / linear size times the width multiplier, rounded, at least 1."""
+    return max(1, int(round(channels * width)))
 
 
 def fold(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -27,13 +32,16 @@ class SpikingModel(nn.Module):
     module-name prefixes that group parameters into blocks for per-block Fisher information.
     A static image [B, C, H, W] goes through the stem once and is repeated T times (direct
     encoding); a per-timestep input [T, B, C, H, W] goes through the stem at every step.
+    `width` multiplies every hidden channel count / linear size (see `scale_width`); subclasses
+    read it from `self.width`.
     """
 
     block_names: Sequence[str] = ()
 
     def __init__(self, *, num_classes: int, timesteps: int, in_channels: int, image_size: int,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, width: float = 1.0):
         super().__init__()
+        self.width = float(width)
         self.num_classes, self.timesteps = int(num_classes), int(timesteps)
         self.in_channels, self.image_size = int(in_channels), int(image_size)
         mean = [0.5] * in_channels if mean is None else list(mean)

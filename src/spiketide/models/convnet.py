@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from spiketide.models import register
-from spiketide.models.base import SpikingModel, fold
+from spiketide.models.base import SpikingModel, fold, scale_width
 from spiketide.neuron import LIF
 
 
@@ -22,6 +22,7 @@ class ConvNet(SpikingModel):
     The 4x4 spatial map before the head (rather than a global pool) lets this small net fit a
     few thousand images to near-zero loss within minutes, which is where TIC appears.
     28x28x1 input, 10 classes: 66,154 parameters (66,730 for 32x32x3).
+    `width` scales `widths` (all three).
     """
 
     block_names = ("stem", "block1", "block2", "fc")
@@ -30,7 +31,7 @@ class ConvNet(SpikingModel):
                  image_size: int = 32, widths: tuple[int, int, int] = (32, 64, 64), **kw):
         super().__init__(num_classes=num_classes, timesteps=timesteps, in_channels=in_channels,
                          image_size=image_size, **kw)
-        w1, w2, w3 = widths
+        w1, w2, w3 = (scale_width(w, self.width) for w in widths)
         self.stem = conv_bn(in_channels, w1)
         self.lif0 = LIF(tau)
         self.block1 = conv_bn(w1, w2)

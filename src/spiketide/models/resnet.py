@@ -8,6 +8,8 @@ Both share one structure:
 * global average pooling (adaptive, so 28x28 and 32x32 inputs both work) and a plain
   linear head `fc` on the per-timestep features (no output neuron).
 
+The `width` multiplier (see `models.create`) scales the stem and every stage width.
+
 `BasicBlock`: conv3x3-BN-LIF-conv3x3-BN, plus the shortcut (identity, or conv1x1+BN when the
 shape changes), then a LIF neuron after the addition. All BatchNorms are plain `nn.BatchNorm2d`
 on the folded [T*B, ...] batch, i.e. shared across timesteps. Convolutions have no bias.
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from spiketide.models import register
-from spiketide.models.base import SpikingModel, fold
+from spiketide.models.base import SpikingModel, fold, scale_width
 from spiketide.neuron import LIF
 
 __all__ = ["BasicBlock", "SpikingResNet", "ResNet19", "ResNet34"]
@@ -67,6 +69,8 @@ class SpikingResNet(SpikingModel):
                          image_size=image_size, **kw)
         if not (len(widths) == len(strides) == len(blocks)):
             raise ValueError("widths, strides and blocks need one entry per stage")
+        stem_width = scale_width(stem_width, self.width)
+        widths = [scale_width(w, self.width) for w in widths]
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_width))
         self.lif_in = LIF(tau)
         cin = stem_width

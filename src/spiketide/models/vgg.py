@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from spiketide.models import register
-from spiketide.models.base import SpikingModel, fold
+from spiketide.models.base import SpikingModel, fold, scale_width
 from spiketide.neuron import LIF
 
 __all__ = ["VGG16", "VGG16_CFG"]
@@ -28,6 +28,7 @@ class VGG16(SpikingModel):
     the per-timestep features. Blocks for per-block Fisher information: ``stem``, ``conv2`` .. ``conv13``,
     ``fc``.
     3 input channels, 10 classes: 14,724,042 parameters (1 input channel: 14,722,890).
+    `width` scales every conv width (and so the head's input).
     """
 
     block_names = ("stem",) + tuple(f"conv{k}" for k in range(2, 14)) + ("fc",)
@@ -45,6 +46,7 @@ class VGG16(SpikingModel):
                 self._pool_after[-1] = True
                 continue
             k += 1
+            v = scale_width(v, self.width)
             conv = nn.Sequential(nn.Conv2d(cin, v, 3, 1, 1, bias=False), nn.BatchNorm2d(v))
             setattr(self, "stem" if k == 1 else f"conv{k}", conv)
             setattr(self, f"lif{k}", LIF(tau))
