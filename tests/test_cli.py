@@ -26,7 +26,7 @@ def test_top_level_help(capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--tau", "0"], "tau must be non-zero"),
+    (["--tau", "0"], "tau must be a finite non-zero number"),
     (["-T", "0"], "must be >= 1"),
     (["--model", "lenet"], "unknown model 'lenet'"),
     (["--dataset", "mnist"], "mnist"),
@@ -44,11 +44,11 @@ def test_train_errors_are_one_clear_line(capsys, tmp_path, argv, message):
 
 
 def test_alpha_preset_resolves(tmp_path):
-    from spiketide.cli import _resolve_alpha
+    from spiketide.losses import resolve_alpha
 
-    assert _resolve_alpha("cifar10:low", "alpha") == 1e-3
-    assert _resolve_alpha("svhn:high", "alpha") == 7e-2
-    assert _resolve_alpha("0.05", "alpha") == 0.05
+    assert resolve_alpha("cifar10:low") == 1e-3
+    assert resolve_alpha("svhn:high") == 7e-2
+    assert resolve_alpha("0.05") == 0.05
 
 
 @pytest.mark.parametrize("command", ["fisher", "robustness", "deficits", "early-exit"])
