@@ -61,6 +61,8 @@ def _add_train_options(p: argparse.ArgumentParser, defaults) -> None:
     g.add_argument("--test-subset", type=_positive_int, default=defaults.test_subset, help="evaluate on a class-balanced subset of N test images")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="switch off training augmentation")
     g.add_argument("-T", "--timesteps", type=_positive_int, default=defaults.timesteps, help="timesteps T (default %(default)s)")
+    g.add_argument("--width", type=float, default=defaults.width,
+                   help="channel multiplier of the architecture (default %(default)s; 0.125 gives CPU-sized models)")
     g.add_argument("--tau", type=float, default=defaults.tau, help="LIF time constant (Eq. 1; default %(default)s; any non-zero value)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help="default %(default)s")
@@ -462,10 +464,76 @@ def add_analysis_commands(sub) -> None:
     p.set_defaults(func=cmd_prune)
 
 
+def _seeds(s: str) -> list[int]:
+    seeds = _int_list(s)
+    if not seeds or any(v < 0 for v in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds >= 0 like 0,1,2, got {s!r}")
+    return seeds
+
+
+def cmd_reproduce(args) -> int:
+    from spiketide.experiments import reproduce
+
+    if args.list:
+        print(reproduce.list_experiments())
+        return 0
+    if not args.names:
+        raise ConfigError("name the experiments to run (or `all`); `spiketide reproduce --list` shows them")
+    reproduce.plan(args.names, args.scale, args.seeds)  # bad names and scales fail before Ray starts
+    report, outcomes = reproduce.reproduce(args.names, args.scale, args.seeds, args.out, workers=args.workers,
+                                           address=args.address, cpus_per_trial=args.cpus_per_trial,
+                                           gpus_per_trial=args.gpus_per_trial, show_progress=args.progress)
+    failed = [o for o in outcomes.values() if "error" in o]
+    print(f"report: {report}")
+    for o in failed:
+        print(f"failed trial {o['id']}: {o['error']} (log: {o['log']})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from spiketide.experiments.reproduce import write_reports
+
+    print(f"report: {write_reports(args.out)}")
+    return 0
+
+
+def add_experiment_commands(sub) -> None:
+    from spiketide.experiments.suite import SCALES
+
+    p = sub.add_parser("reproduce", help="the paper's figures and tables over several seeds, with a verdict per claim",
+                       description="Train every run the named experiments need (shared between experiments, one run "
+                       "directory each under OUT/runs), scheduled on Ray, then write OUT/<name>/report.md and "
+                       "OUT/REPORT.md with a computed verdict per claim. Rerunning skips finished trials and resumes "
+                       "half-finished ones. Needs Ray: pip install \"spiketide[sweep]\".")
+    p.add_argument("names", nargs="*", help="experiment names, or all (see --list)")
+    p.add_argument("--list", action="store_true", help="list the experiments, their claims and estimated costs")
+    p.add_argument("--scale", choices=SCALES, default="cpu", help="smoke (tests), cpu (2 cores) or paper (GPUs)")
+    p.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--out", default="experiments", help="results folder (default %(default)s)")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="start a local Ray instance with N CPUs (default: all cores)")
+    p.add_argument("--address", default=None, help="join an existing Ray cluster: auto or ray://HOST:PORT")
+    p.add_argument("--cpus-per-trial", type=_positive_int, default=1, help="CPUs (and torch threads) per trial")
+    p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial (fractions share a GPU)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("report", help="rebuild the reproduction reports from the run directories, without training")
+    p.add_argument("out", nargs="?", default="experiments", help="results folder of `reproduce` (default %(default)s)")
+    p.set_defaults(func=cmd_report)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what was wrong; `--help` shows the rest), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from spiketide.train import TrainConfig
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="spiketide",
         description="Temporal information dynamics of spiking neural networks (Kim et al., AAAI 2023): "
         "train LIF SNNs, measure temporal Fisher information, robustness and TIC-based pruning.",
@@ -492,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot)
 
     add_analysis_commands(sub)
+    add_experiment_commands(sub)
     return parser
 
 

@@ -53,6 +53,7 @@ class TrainConfig:
     augment: bool = True
     timesteps: int = 10
     tau: float = 2.0
+    width: float = 1.0  # channel multiplier of the architecture (1/8 gives CPU-sized paper topologies)
     epochs: int = 300
     batch_size: int = 128
     eval_batch_size: int = 256
@@ -86,6 +87,8 @@ class TrainConfig:
         if self.timesteps < 1:
             bad(f"timesteps T must be >= 1, got {self.timesteps}")
         check_tau(self.tau)
+        if not (math.isfinite(self.width) and self.width > 0):
+            bad(f"--width must be a finite number > 0 (1 = the paper's width), got {self.width}")
         if self.epochs < 1:
             bad(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -142,7 +145,7 @@ def build_model(config: TrainConfig) -> nn.Module:
     info = data.dataset_info(config.dataset)
     return models.create(config.model, num_classes=info.num_classes, timesteps=config.timesteps, tau=config.tau,
                          in_channels=info.channels, image_size=info.image_size, mean=info.mean, std=info.std,
-                         fast_lif=config.fast_lif)
+                         fast_lif=config.fast_lif, width=config.width)
 
 
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict]:
