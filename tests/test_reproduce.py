@@ -1,7 +1,6 @@
 """The reproduction suite end to end at smoke scale, through a real local Ray instance (one per module, 2 CPUs)."""
 
 import json
-import shutil
 
 import pytest
 import torch

@@ -12,9 +12,7 @@ from spiketide.experiments.verdicts import (
     Claim,
     format_mean_ci,
     judge,
-    paired_difference,
     rule_text,
-    tic_statistic,
     verdicts_table,
 )
 
@@ -129,22 +127,3 @@ def test_claim_validation():
             claim(**bad)
     with pytest.raises(ConfigError):
         judge(claim(), [1.0, "x"])
-
-
-def test_tic_statistic_on_a_hand_made_trajectory():
-    centroids = {"0": 5.5, "10": 6.8, "20": 4.0, "30": 2.5}  # JSON keys are strings
-    s = tic_statistic(centroids, [0.9, 0.3, 0.1])
-    assert (s["ic_start"], s["ic_peak"], s["ic_peak_epoch"], s["ic_end"]) == (5.5, 6.8, 10, 2.5)
-    assert s["drop"] == pytest.approx(4.3) and s["rise"] == pytest.approx(1.3)
-    assert s["i1_largest"] == 1.0
-    assert tic_statistic({1: 3.0, 0: 2.0, 2: None}, [0.1, 0.5])["ic_end"] == 3.0  # order by epoch; None skipped
-    assert tic_statistic(centroids, [0.1, 0.5, 0.2])["i1_largest"] == 0.0
-    assert tic_statistic(centroids, [0.0, 0.0])["i1_largest"] is None
-    empty = tic_statistic({}, [])
-    assert all(v is None for v in empty.values()) and judge(claim(), [empty["drop"]]).verdict == "missing"
-
-
-def test_paired_difference():
-    assert paired_difference([1.0, None, 3.0, float("nan")], [0.5, 2.0, None, 1.0]) == [0.5, None, None, None]
-    with pytest.raises(ConfigError):
-        paired_difference([1.0], [1.0, 2.0])

@@ -156,30 +156,3 @@ def verdicts_table(verdicts: Sequence[Verdict], extra_columns: Mapping[str, Extr
         cells += [col(v) if callable(col) else col.get(v.claim.id, "") for col in extra.values()]
         rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(rows)
-
-
-def tic_statistic(centroids_by_epoch: Mapping, traces_end: Sequence[float]) -> dict:
-    """TIC summary of one seed: IC at start, peak and end, drop = peak − end, rise = peak − start,
-    and i1_largest (1.0 / 0.0: is I_1 the largest entry of the final trace).
-
-    Epoch keys may be strings (as JSON gives them); None centroids (all-zero traces) are skipped.
-    Anything that cannot be computed is None, so it reaches `judge` as missing, not as a number.
-    """
-    ics = sorted((int(e), float(c)) for e, c in centroids_by_epoch.items() if _clean(c) is not None)
-    out = dict.fromkeys(("ic_start", "ic_peak", "ic_peak_epoch", "ic_end", "drop", "rise", "i1_largest"))
-    if ics:
-        peak_epoch, peak = max(ics, key=lambda p: p[1])  # ties: the earliest epoch (max keeps the first)
-        out.update(ic_start=ics[0][1], ic_peak=peak, ic_peak_epoch=peak_epoch, ic_end=ics[-1][1],
-                   drop=peak - ics[-1][1], rise=peak - ics[0][1])
-    trace = [_clean(x) for x in traces_end]
-    if trace and None not in trace and max(trace) > 0:  # an all-zero trace has no largest entry
-        out["i1_largest"] = 1.0 if trace[0] == max(trace) else 0.0
-    return out
-
-
-def paired_difference(a: Sequence, b: Sequence) -> list[float | None]:
-    """Per-seed a − b; None where either side is missing (the pair is lost, never half-filled)."""
-    if len(a) != len(b):
-        raise ConfigError(f"paired values need one per seed on both sides, got {len(a)} and {len(b)}")
-    pairs = ((_clean(x), _clean(y)) for x, y in zip(a, b))
-    return [None if x is None or y is None else x - y for x, y in pairs]
