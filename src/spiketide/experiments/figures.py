@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from spiketide.experiments.trials import RunResult
+from spiketide.plots import pick_epochs
 
 __all__ = ["FIGURES"]
 
@@ -38,26 +39,41 @@ def _band(ax, x, rows: list[list[float]], label: str, color: str) -> None:
     ax.fill_between(x[:len(m)], m - se, m + se, color=color, alpha=0.2, lw=0)
 
 
+def _finish(fig: Figure, axes, title: str) -> Figure:
+    for ax in np.atleast_1d(axes):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:  # nothing to label when every run is missing
+            ax.legend(frameon=False, fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def ic_figure(results: Results, title: str) -> Figure:
-    """Fig. 1 / Fig. 4: information centroid across epochs (left) and I_t at the end, normalised (right)."""
+    """Fig. 1 / Fig. 4: information centroid across epochs (left); right, for one configuration I_t at four
+    epochs (Fig. 1), for several the normalised I_t at the end of each."""
     fig = Figure(figsize=(10, 3.6))
     ax_ic, ax_t = fig.subplots(1, 2)
-    for i, label in enumerate(_labels(results)):
+    labels = _labels(results)
+    for i, label in enumerate(labels):
         runs = [r[label] for r in results.values() if r.get(label) and r[label].fisher()]
         if not runs:
             continue
-        epochs = np.array([e for e, _ in runs[0].fisher()], dtype=float)
-        _band(ax_ic, epochs, [[f["centroid"] for _, f in r.fisher()] for r in runs], label, f"C{i}")
-        ends = [np.asarray(r.fisher()[-1][1]["trace"], dtype=float) for r in runs]
-        _band(ax_t, np.arange(1, len(ends[0]) + 1), [list(e / max(e.sum(), 1e-30)) for e in ends], label, f"C{i}")
+        epochs = [e for e, _ in runs[0].fisher()]
+        _band(ax_ic, np.array(epochs, dtype=float), [[f["centroid"] for _, f in r.fisher()] for r in runs], label,
+              f"C{i}")
+        if len(labels) == 1:
+            for j, e in enumerate(pick_epochs(epochs)):
+                rows = [f["trace"] for r in runs for ep, f in r.fisher() if ep == e]
+                _band(ax_t, np.arange(1, len(rows[0]) + 1, dtype=float), rows, f"epoch {e}", f"C{j + 1}")
+            ax_t.set(ylabel=r"Fisher information $I_t$ (Eq. 6)")
+        else:
+            ends = [np.asarray(r.fisher()[-1][1]["trace"], dtype=float) for r in runs]
+            _band(ax_t, np.arange(1, len(ends[0]) + 1), [list(e / max(e.sum(), 1e-30)) for e in ends], label, f"C{i}")
+            ax_t.set(ylabel=r"$I_t / \sum_t I_t$ at the end")
     ax_ic.set(xlabel="epoch", ylabel="information centroid (Eq. 7)")
-    ax_t.set(xlabel="timestep t", ylabel=r"$I_t / \sum_t I_t$ at the end")
-    for ax in (ax_ic, ax_t):
-        ax.grid(alpha=0.3)
-        ax.legend(frameon=False, fontsize=7)
-    fig.suptitle(f"{title} (mean ± s.e. over seeds)", fontsize=10)
-    fig.tight_layout()
-    return fig
+    ax_t.set(xlabel="timestep t")
+    return _finish(fig, [ax_ic, ax_t], f"{title} (mean ± s.e. over seeds)")
 
 
 def deficits_figure(results: Results, title: str) -> Figure:
@@ -72,11 +88,7 @@ def deficits_figure(results: Results, title: str) -> Figure:
             _band(ax, np.array(entry["window_starts"], dtype=float), rows, f"epoch {entry['epoch']}", f"C{i}")
     ax.axhline(0, color="gray", lw=0.8)
     ax.set(xlabel="noise window start t", ylabel="relative accuracy (points)")
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=7)
-    ax.set_title(f"{title} (mean ± s.e.)", fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, f"{title} (mean ± s.e.)")
 
 
 def blocks_figure(results: Results, title: str) -> Figure:
@@ -117,12 +129,7 @@ def alpha_figure(results: Results, title: str) -> Figure:
     axes[0].set(xlabel="timestep t", ylabel=r"$I_t$ at the end", yscale="log")
     axes[1].set(xlabel="horizon t", ylabel=r"training loss $L_t$ at the end", yscale="log")
     axes[2].set(xlabel="epoch", ylabel="test accuracy")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(frameon=False, fontsize=7)
-    fig.suptitle(f"{title} (mean ± s.e.)", fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, f"{title} (mean ± s.e.)")
 
 
 def table_figure(results: Results, title: str) -> Figure:
@@ -141,11 +148,7 @@ def table_figure(results: Results, title: str) -> Figure:
                    label=f"{label} (n={len(rows)})")
     ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys)
     ax.set_ylabel("accuracy (%)")
-    ax.legend(frameon=False, fontsize=7)
-    ax.grid(alpha=0.3, axis="y")
-    ax.set_title(f"{title}", fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, f"{title} (mean ± s.e.)")
 
 
 def pruning_figure(results: Results, title: str) -> Figure:
@@ -159,11 +162,7 @@ def pruning_figure(results: Results, title: str) -> Figure:
             x = np.array([100 * s for s in ps[0]["curves"][t]["sparsity"]])
             _band(ax, x, [[100 * a for a in p["curves"][t]["test_acc"]] for p in ps], f"T_retrain={t}", f"C{i}")
         ax.set(xlabel="sparsity (%)", ylabel="test accuracy (%)", title=label)
-        ax.grid(alpha=0.3)
-        ax.legend(frameon=False, fontsize=7)
-    fig.suptitle(f"{title} (mean ± s.e.)", fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, f"{title} (mean ± s.e.)")
 
 
 def accuracy_vs_t_figure(results: Results, title: str) -> Figure:
@@ -178,11 +177,8 @@ def accuracy_vs_t_figure(results: Results, title: str) -> Figure:
         rows = [[r[lab].final("test_acc") for lab in labels] for r in results.values()
                 if all(r.get(lab) and r[lab].trained for lab in labels)]
         _band(ax, ts, rows, m, f"C{i}")
-    ax.set(xlabel="timesteps T", ylabel="test accuracy", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=7)
-    fig.tight_layout()
-    return fig
+    ax.set(xlabel="timesteps T", ylabel="test accuracy")
+    return _finish(fig, ax, f"{title} (mean ± s.e.)")
 
 
 FIGURES: dict[str, Callable[[Results, str], Figure]] = {
