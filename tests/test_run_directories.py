@@ -205,3 +205,20 @@ def test_garbage_checkpoint_never_advises_weights_only_false(tmp_path, capsys):
     assert main(["fisher", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.pt" in err and "weights_only=False" not in err and "will likely succeed" not in err
+
+
+def test_a_run_directory_of_spiketide_0_1_still_loads_and_resumes(tmp_path):
+    """The format before this change: no `width` in the config, callback states kept as a list by position."""
+    out = tmp_path / "run"
+    assert main(TRAIN[:-4] + ["--fisher-every", "1", "--fisher-samples", "8", "--epochs", "1", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["width"]
+    config["epochs"] = 2  # so there is something left to resume
+    (out / "config.json").write_text(json.dumps(config))
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    del state["config"]["width"]
+    state["callbacks"] = [{}]
+    torch.save(state, out / "checkpoints" / "last.pt")
+    assert main(["train", "--resume", "--out", str(out), "--no-progress"]) == 0
+    assert [r["epoch"] for r in RunDir(out).read_metrics()] == [0, 1, 2]
+    assert main(["fisher", str(out), "--samples", "8", "--no-progress"]) == 0
