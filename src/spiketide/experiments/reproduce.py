@@ -191,11 +191,12 @@ def reproduce(names: Sequence[str], scale: str, seeds: Sequence[int], out: str |
 
 
 def list_experiments() -> str:
-    """Every experiment with its claims and estimated cost per scale (3 seeds on CPU; GPU-hours per seed at paper)."""
+    """Every experiment with its claims and estimated cost per scale (runs shared between experiments are counted
+    in each)."""
     lines = []
     for name, exp in EXPERIMENTS.items():
-        cost = (f"smoke {exp.hours('smoke', 1) * 60:.1f} min/seed, cpu {exp.hours('cpu', 3):.2f} h for 3 seeds on one "
-                f"core pair, paper {exp.hours('paper', 1):.1f} GPU-h/seed")
+        cost = (f"smoke {exp.hours('smoke', 1) * 60:.1f} trial-min per seed; cpu {exp.hours('cpu', 3):.1f} trial-h for "
+                f"3 seeds (half that with --workers 2); paper {exp.hours('paper', 1):.1f} GPU-h per seed")
         lines.append(f"{name}: {exp.title}\n    cost: {cost}")
         lines += [f"    - {c.claim.text} (paper: {c.claim.paper})" for c in exp.claims("paper")]
     return "\n".join(lines)

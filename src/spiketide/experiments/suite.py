@@ -34,9 +34,10 @@ _BASE = {
 # Analysis sizes per scale: test images for robustness / deficits, PGD iterations, pruning rounds.
 _EVAL = {"smoke": dict(samples=40, pgd_iters=2), "cpu": dict(samples=500, pgd_iters=10),
          "paper": dict(samples=10000, pgd_iters=10)}
-# Seconds per epoch of the base run at each scale (measured: README demo on 2 CPU cores; BENCHMARKS.md H200
-# ResNet19 epoch), scaled by epochs x T x model cost for --list.
-_EPOCH_SECONDS = {"smoke": 1.0, "cpu": 2.3, "paper": 24.6}
+# Seconds per epoch of one base trial, Fisher tracking included (measured: smoke and cpu as Ray trials on 1 CPU
+# each, two at a time on the 2-core machine, where per-layer Fisher on 128 images every 5 epochs is about half
+# of the time; paper: the H200 ResNet19 epoch in BENCHMARKS.md), scaled by epochs x T x model cost for --list.
+_EPOCH_SECONDS = {"smoke": 1.5, "cpu": 13.0, "paper": 24.6}
 # Relative cost of a model against the scale's base model (CPU: 1/8-width models against convnet, one step timed).
 _MODEL_COST = {"smoke": {"resnet19": 4.0, "resnet34": 5.0, "vgg16": 2.5},
                "cpu": {"resnet19": 4.0, "resnet34": 5.0, "vgg16": 2.5, "alexnet": 1.0},
@@ -71,7 +72,7 @@ class Experiment:
         return {label: {**base_config(scale), **over, "seed": int(seed)} for label, over in self.runs(scale).items()}
 
     def hours(self, scale: str, seeds: int = 1) -> float:
-        """Estimated hours on one device (GPU-hours at paper scale), from measured epoch times, for --list."""
+        """Estimated trial-hours (one CPU per trial; GPU-hours at paper scale) from measured epoch times."""
         total = 0.0
         for label, over in self.runs(scale).items():
             cfg = {**base_config(scale), **over}
