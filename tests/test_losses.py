@@ -53,3 +53,22 @@ def test_check_logits_shapes():
         check_logits(torch.zeros(3, 4), 3)
     with pytest.raises(ModelOutputError, match="tuple"):
         check_logits((torch.zeros(2, 3, 4),), 3)
+
+
+def test_per_timestep_ce_and_tet_equal_hand_computed_values():
+    from spiketide.losses import per_timestep_ce, tet_loss
+
+    out = torch.tensor([[[2.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [3.0, 0.0]]], dtype=torch.float64)  # [T=2, B=2, C=2]
+    y = torch.tensor([0, 1])
+    ce = lambda logits, k: -torch.log_softmax(torch.tensor(logits, dtype=torch.float64), 0)[k]  # noqa: E731
+    per_t = [(ce([2.0, 0.0], 0) + ce([0.0, 1.0], 1)) / 2, (ce([1.0, 1.0], 0) + ce([3.0, 0.0], 1)) / 2]
+    expected_ce = (per_t[0] + per_t[1]) / 2
+    torch.testing.assert_close(per_timestep_ce(out, y), expected_ce.float())
+    # MSE to phi = 1 per sample over classes, then mean over batch and time: ((1+1)/2 + (1+0)/2 + 0 + (4+1)/2) / 4
+    mse = torch.tensor(((1 + 1) / 2 + (1 + 0) / 2 + (0 + 0) / 2 + (4 + 1) / 2) / 4)
+    torch.testing.assert_close(tet_loss(out, y, 0.25), (0.75 * expected_ce + 0.25 * mse).float())
+    torch.testing.assert_close(tet_loss(out, y, 0.0), per_timestep_ce(out, y))
+    assert make_loss("per-timestep").name == "per-timestep" and make_loss("tet", tet_lambda=0.05).tet_lambda == 0.05
+    for bad in (None, -0.1, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match="tet-lambda"):
+            make_loss("tet", tet_lambda=bad)

@@ -76,6 +76,8 @@ def _add_train_options(p: argparse.ArgumentParser, defaults) -> None:
                    help="; ".join(f"{k}: {v}" for k, v in LOSSES.items()))
     g.add_argument("--alpha", default=None,
                    help="alpha for --loss alpha: a number, or a paper preset like cifar10:low (cifar10/svhn/cifar100 x low/intermediate/high)")
+    g.add_argument("--tet-lambda", type=float, default=None,
+                   help="lambda of --loss tet, in [0, 1]: weight of the MSE term against per-timestep CE (TET uses 0.05)")
     g.add_argument("--seed", type=int, default=defaults.seed)
     g.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default %(default)s)")
     g.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on GPU")

@@ -1,4 +1,5 @@
-"""Horizon outputs (Eq. 4) and the training losses built on them (mean-output CE, alpha-loss Eq. 9-10).
+"""Horizon outputs (Eq. 4) and the training losses: mean-output CE (the paper's), the alpha-loss (Eq. 9-10),
+and two per-timestep losses the paper left open: per-timestep CE and TET (Deng et al., ICLR 2022).
 
 Every loss averages per-sample terms through `batch_mean`. On one process that is the mean over
 the batch; under DDP the training loop hands in a mean over the *global* batch, so a rank's slice
@@ -14,8 +15,8 @@ import torch.nn.functional as F
 
 from spiketide.errors import ConfigError
 
-__all__ = ["horizon_logits", "horizon_losses", "mean_output_ce", "alpha_loss", "LOSSES", "ALPHA_PRESETS",
-           "make_loss", "resolve_alpha", "batch_mean", "Loss"]
+__all__ = ["horizon_logits", "horizon_losses", "mean_output_ce", "alpha_loss", "per_timestep_ce", "tet_loss",
+           "LOSSES", "ALPHA_PRESETS", "make_loss", "resolve_alpha", "batch_mean", "Loss"]
 
 BatchMean = Callable[[torch.Tensor], torch.Tensor]
 
@@ -48,22 +49,43 @@ def alpha_loss(out: torch.Tensor, y: torch.Tensor, alpha: float, mean: BatchMean
     return (horizon_losses(out, y, mean) - alpha).abs().mean()
 
 
-class Loss:
-    """A named training loss: `loss(out, y, mean=batch_mean)` -> scalar. `alpha` is None unless it has one."""
+def per_timestep_ce(out: torch.Tensor, y: torch.Tensor, mean: BatchMean = batch_mean) -> torch.Tensor:
+    """(1/T) sum_t CE(o_t, y): every timestep's own output is trained to classify (not the running mean)."""
+    T, B, C = out.shape
+    return mean(F.cross_entropy(out.float().reshape(T * B, C), y.repeat(T), reduction="none").view(T, B)).mean()
 
-    def __init__(self, name: str, alpha: float | None = None):
-        self.name, self.alpha = name, alpha
+
+def tet_loss(out: torch.Tensor, y: torch.Tensor, lam: float, phi: float = 1.0,
+             mean: BatchMean = batch_mean) -> torch.Tensor:
+    """TET (Deng et al., ICLR 2022, Eq. 8-10): (1 - lam) (1/T) sum_t CE(o_t, y) + lam (1/T) sum_t MSE(o_t, phi),
+    phi the firing threshold; the MSE term keeps the outputs from drifting while each timestep is trained."""
+    mse = mean((out.float() - phi).pow(2).mean(2)).mean()  # [T, B] per-sample MSE over classes
+    return (1 - lam) * per_timestep_ce(out, y, mean) + lam * mse
+
+
+class Loss:
+    """A named training loss: `loss(out, y, mean=batch_mean)` -> scalar, with its parameter (alpha or TET's
+    lambda) as an attribute; `alpha` is None unless it is the alpha-loss."""
+
+    def __init__(self, name: str, alpha: float | None = None, tet_lambda: float | None = None):
+        self.name, self.alpha, self.tet_lambda = name, alpha, tet_lambda
 
     def __call__(self, out: torch.Tensor, y: torch.Tensor, mean: BatchMean = batch_mean) -> torch.Tensor:
         if self.name == "alpha":
             return alpha_loss(out, y, self.alpha, mean)
+        if self.name == "per-timestep":
+            return per_timestep_ce(out, y, mean)
+        if self.name == "tet":
+            return tet_loss(out, y, self.tet_lambda, mean=mean)
         return mean_output_ce(out, y, mean)
 
     def __repr__(self) -> str:
-        return self.name if self.alpha is None else f"{self.name}(alpha={self.alpha})"
+        param = {"alpha": f"(alpha={self.alpha})", "tet": f"(lambda={self.tet_lambda})"}
+        return self.name + param.get(self.name, "")
 
 
-LOSSES = {"ce": "cross-entropy of the mean output", "alpha": "Eq. 9-10, needs --alpha"}
+LOSSES = {"ce": "cross-entropy of the mean output (the paper's)", "alpha": "Eq. 9-10, needs --alpha",
+          "per-timestep": "mean over t of CE(o_t, y)", "tet": "TET (Deng et al. 2022), needs --tet-lambda"}
 
 # The paper's [low, intermediate, high] alpha per dataset (section "Analysis on TIC: Robustness Perspective").
 ALPHA_PRESETS: dict[str, dict[str, float]] = {
@@ -90,12 +112,16 @@ def resolve_alpha(value: str | float | None) -> float | None:
         raise ConfigError(f"--alpha expects a number or a preset like cifar10:low, got {value!r}") from None
 
 
-def make_loss(name: str = "ce", alpha: float | None = None) -> Loss:
-    """Build a training loss by name: 'ce' (mean-output cross-entropy) or 'alpha' (Eq. 10, needs alpha >= 0)."""
+def make_loss(name: str = "ce", alpha: float | None = None, tet_lambda: float | None = None) -> Loss:
+    """Build a training loss by name (`LOSSES`): 'alpha' needs alpha >= 0, 'tet' needs tet_lambda in [0, 1]."""
     if name not in LOSSES:
         raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     if name == "alpha":
         if alpha is None or not (alpha >= 0):
             raise ConfigError(f"--loss alpha needs --alpha A with A >= 0 (got {alpha}); paper values are 1e-4 .. 7e-2")
         return Loss("alpha", float(alpha))
-    return Loss("ce")
+    if name == "tet":
+        if tet_lambda is None or not (0 <= tet_lambda <= 1):
+            raise ConfigError(f"--loss tet needs --tet-lambda L with 0 <= L <= 1 (got {tet_lambda}); TET uses 0.05")
+        return Loss("tet", tet_lambda=float(tet_lambda))
+    return Loss(name)

@@ -64,6 +64,7 @@ class TrainConfig:
     schedule: str = "cosine"
     loss: str = "ce"
     alpha: float | None = None
+    tet_lambda: float | None = None
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast, used on CUDA only
@@ -107,7 +108,7 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 bad(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-        make_loss(self.loss, self.alpha)
+        make_loss(self.loss, self.alpha, self.tet_lambda)
         beyond = [e for e in self.checkpoint_epochs if e < 0 or e > self.epochs]
         if beyond:
             bad(f"checkpoint epochs {beyond} are outside the run (0..{self.epochs}); pick epochs in that range")
@@ -266,7 +267,7 @@ class Trainer:
         self.train_set = self.train_set.to(self.device)
         self.test_set = self.test_set.to(self.device)
         self.model = (model if model is not None else build_model(config)).to(self.device)
-        self.loss_fn = loss_fn if loss_fn is not None else make_loss(config.loss, config.alpha)
+        self.loss_fn = loss_fn if loss_fn is not None else make_loss(config.loss, config.alpha, config.tet_lambda)
         self.optimizer = self._make_optimizer()
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
                           if config.schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: 1.0))

@@ -35,8 +35,10 @@ _NOT_IDENTITY = {"out", "progress", "device", "data_root", "amp", "fast_lif", "e
 
 
 def trial_id(config: dict) -> str:
-    """`<model>-<dataset>-<hash>` of the options that change what the run computes."""
-    ident = {k: v for k, v in sorted(config.items()) if k not in _NOT_IDENTITY}
+    """`<model>-<dataset>-<hash>` of the options that change what the run computes and differ from their
+    defaults, so that adding an option (whose default keeps the old behaviour) leaves every id unchanged."""
+    defaults = TrainConfig().to_dict()
+    ident = {k: v for k, v in sorted(config.items()) if k not in _NOT_IDENTITY and v != defaults.get(k, object())}
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
     return f"{config['model']}-{config['dataset']}-{digest}"
 
