@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "spiketide"
 # Lowest first. A module may import only modules of its own or a lower layer.
 LAYERS = [
     {"errors"},
-    {"neuron", "evaluation", "progress"},
+    {"neuron", "evaluation", "progress", "adapters"},
     {"models", "data", "losses", "runs"},
     {"fisher", "robustness", "pruning", "early_exit", "plots"},
     {"callbacks"},

@@ -370,6 +370,25 @@ def cmd_early_exit(args, ckpts: list[Path], out_dir: Path) -> int:
     return 0
 
 
+def cmd_stats(args, ckpts: list[Path], out_dir: Path) -> int:
+    from spiketide import plots, stats
+    from spiketide.train import select_device
+
+    energy = stats.EnergyModel(e_ac_pj=args.e_ac, e_mac_pj=args.e_mac)  # bad constants fail before any loading
+    device, ckpt = select_device(args.device), ckpts[-1]
+    model, config, state, ds = _load_with_data(ckpt, args, "test", args.samples, device)
+    result = stats.spike_stats(model, ds.images, ds.labels, batch_size=args.batch_size, progress=args.progress,
+                               energy=energy)
+    result["checkpoint"], result["epoch"] = str(ckpt), state.get("epoch")
+    print(f"{ckpt.name} (epoch {state.get('epoch')}):")
+    print(stats.summarize(result))
+    out = Path(args.out) if args.out else out_dir / "stats.json"
+    _write_json(out, result)
+    figs = plots.save(stats.stats_figure(result), _figure_path(out_dir, out, out.stem))
+    print("figures: " + ", ".join(str(f) for f in figs))
+    return 0
+
+
 def cmd_prune(args) -> int:
     from spiketide import pruning
     from spiketide.experiments.pruning import iterative_prune
@@ -444,6 +463,18 @@ def add_analysis_commands(sub) -> None:
     p.add_argument("--fisher-samples", type=_positive_int, default=128)
     _add_eval_options(p, None, "class-balanced test images (default: the whole test split)")
     p.set_defaults(func=_analysis(cmd_early_exit, "checkpoint"))
+
+    p = sub.add_parser("stats", help="firing rates, synaptic operations and an energy estimate (beyond the paper)",
+                       description="Per spiking layer and timestep: firing rate; per spike-driven conv/linear layer: "
+                       "synaptic operations (input events x fan-out); dense MACs of the same network as an ANN; energy "
+                       "SNN = SOPs x e_ac + MACs before the first spiking layer x e_mac, ANN = MACs x e_mac. Uses the "
+                       "last checkpoint; writes stats.json and figures/stats.{png,pdf}.")
+    p.add_argument("checkpoint", help="a checkpoint .pt or a run directory (its last checkpoint)")
+    p.add_argument("--e-ac", type=float, default=0.9,
+                   help="pJ per accumulate (default %(default)s: 45 nm, Horowitz 2014)")
+    p.add_argument("--e-mac", type=float, default=4.6, help="pJ per multiply-accumulate (default %(default)s)")
+    _add_eval_options(p, 256, "class-balanced test images (default %(default)s)")
+    p.set_defaults(func=_analysis(cmd_stats, "checkpoint"), batch_size=64)
 
     p = sub.add_parser("prune", help="iterative magnitude pruning that retrains with fewer timesteps (Fig. 6-7)",
                        description="Start from a trained run (T timesteps); R rounds of pruning p of the remaining conv/linear "
