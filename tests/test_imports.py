@@ -15,7 +15,7 @@ LAYERS = [
     {"errors"},
     {"neuron", "evaluation", "progress", "adapters"},
     {"models", "data", "losses", "runs"},
-    {"fisher", "robustness", "pruning", "early_exit", "plots"},
+    {"fisher", "robustness", "pruning", "early_exit", "plots", "stats"},
     {"callbacks"},
     {"train"},
     {"experiments", "demo"},
