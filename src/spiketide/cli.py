@@ -61,6 +61,8 @@ def _add_train_options(p: argparse.ArgumentParser, defaults) -> None:
     g.add_argument("--test-subset", type=_positive_int, default=defaults.test_subset, help="evaluate on a class-balanced subset of N test images")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="switch off training augmentation")
     g.add_argument("-T", "--timesteps", type=_positive_int, default=defaults.timesteps, help="timesteps T (default %(default)s)")
+    g.add_argument("--encoding", choices=models.ENCODINGS, default=defaults.encoding,
+                   help="direct (the paper's) or poisson: a Bernoulli spike per pixel and timestep (rate coding)")
     g.add_argument("--width", type=float, default=defaults.width,
                    help="channel multiplier of the architecture (default %(default)s; 0.125 gives CPU-sized models)")
     g.add_argument("--tau", type=float, default=defaults.tau, help="LIF time constant (Eq. 1; default %(default)s; any non-zero value)")

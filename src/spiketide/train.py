@@ -54,6 +54,7 @@ class TrainConfig:
     timesteps: int = 10
     tau: float = 2.0
     width: float = 1.0  # channel multiplier of the architecture (1/8 gives CPU-sized paper topologies)
+    encoding: str = "direct"  # or "poisson" (rate coding)
     epochs: int = 300
     batch_size: int = 128
     eval_batch_size: int = 256
@@ -88,6 +89,8 @@ class TrainConfig:
         if self.timesteps < 1:
             bad(f"timesteps T must be >= 1, got {self.timesteps}")
         check_tau(self.tau)
+        if self.encoding not in models.ENCODINGS:
+            bad(f"unknown encoding {self.encoding!r}; choose one of {', '.join(models.ENCODINGS)}")
         if not (math.isfinite(self.width) and self.width > 0):
             bad(f"--width must be a finite number > 0 (1 = the paper's width), got {self.width}")
         if self.epochs < 1:
@@ -146,7 +149,8 @@ def build_model(config: TrainConfig) -> nn.Module:
     info = data.dataset_info(config.dataset)
     return models.create(config.model, num_classes=info.num_classes, timesteps=config.timesteps, tau=config.tau,
                          in_channels=info.channels, image_size=info.image_size, mean=info.mean, std=info.std,
-                         fast_lif=config.fast_lif, width=config.width)
+                         fast_lif=config.fast_lif, width=config.width, encoding=config.encoding,
+                         encoding_seed=config.seed)
 
 
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict]:
@@ -431,7 +435,8 @@ class Trainer:
                 mean = _global_mean(len(yb))
                 x, yb = x[self.rank::self.world], yb[self.rank::self.world]
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                out = self.net(x)
+                # rate coding draws fresh spikes every step from the run's generator (saved in checkpoints)
+                out = self.net(x, generator=self.generator) if c.encoding == "poisson" else self.net(x)
             check_logits(out, len(x))
             loss = self.loss_fn(out, yb, mean)
             if not torch.isfinite(loss):

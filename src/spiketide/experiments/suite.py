@@ -393,6 +393,53 @@ _add(Experiment(
     figure="accuracy-vs-T"))
 
 
+# -- beyond the paper: hypotheses written before any run, judged by the same rules ----------------------------
+
+_HYPOTHESIS = "no claim in the paper: a hypothesis stated before the run"
+
+
+def _tic_hypothesis(label: str, what: str) -> ClaimSpec:
+    return ClaimSpec(Claim(f"tic-{label}", f"TIC (IC at the end <= IC at its peak - 1) also appears under {what}",
+                           _HYPOTHESIS, "IC_end - (IC_peak - 1)", "<0"),
+                     lambda runs: (lambda r: None if not _ics(r) else _ics(r)[-1][1] - (max(i for _, i in _ics(r)) - 1))(
+                         runs.get(label)))
+
+
+def _loss_runs(scale: str) -> dict[str, dict]:
+    return {"ce": {}, "per-timestep": {"loss": "per-timestep"}, "tet": {"loss": "tet", "tet_lambda": 0.05},
+            "alpha": {"loss": "alpha", "alpha": _ALPHAS[scale]["intermediate"]}}
+
+
+_add(Experiment(
+    "tic-vs-loss", "Beyond the paper: TIC under mean-output CE, per-timestep CE, TET and the alpha-loss",
+    runs=_loss_runs, analyses=_ROBUST,
+    claims=lambda scale: (
+        _tic_hypothesis("per-timestep", "per-timestep cross-entropy"), _tic_hypothesis("tet", "TET (lambda 0.05)"),
+        ClaimSpec(Claim("per-timestep-spreads", "Per-timestep CE ends with a higher IC than mean-output CE "
+                        "(every timestep is trained to classify on its own)", _HYPOTHESIS,
+                        "IC_end(per-timestep) - IC_end(ce)", ">0"),
+                  diff(lambda r: ic_at(r, 1.0), "per-timestep", lambda r: ic_at(r, 1.0), "ce")),
+        ClaimSpec(Claim("per-timestep-pgd", "Per-timestep CE keeps more PGD accuracy than mean-output CE",
+                        _HYPOTHESIS, "PGD acc(per-timestep) - PGD acc(ce)", ">0"),
+                  diff(robust("pgd"), "per-timestep", robust("pgd"), "ce")),
+    ),
+    figure="ic"))
+
+_add(Experiment(
+    "tic-vs-encoding", "Beyond the paper: TIC under direct and Poisson (rate) coding",
+    runs=lambda scale: {"direct": {}, "poisson": {"encoding": "poisson"}}, analyses=_ROBUST,
+    claims=lambda scale: (
+        _tic_hypothesis("poisson", "Poisson (rate) coding"),
+        ClaimSpec(Claim("poisson-later", "Poisson coding ends with a higher IC than direct coding (each timestep "
+                        "sees only a sample of the image)", _HYPOTHESIS, "IC_end(poisson) - IC_end(direct)", ">0"),
+                  diff(lambda r: ic_at(r, 1.0), "poisson", lambda r: ic_at(r, 1.0), "direct")),
+        ClaimSpec(Claim("poisson-pgd", "Poisson coding keeps more PGD accuracy than direct coding", _HYPOTHESIS,
+                        "PGD acc(poisson) - PGD acc(direct)", ">0"),
+                  diff(robust("pgd"), "poisson", robust("pgd"), "direct")),
+    ),
+    figure="ic"))
+
+
 def resolve_names(names: list[str]) -> list[str]:
     """Experiment names as given ('all' expands to every one), checked."""
     out: list[str] = []

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from torch import nn
 
 from spiketide.errors import ConfigError
-from spiketide.models.base import SpikingModel, fold
+from spiketide.models.base import ENCODINGS, SpikingModel, fold
 from spiketide.neuron import LIF
 
-__all__ = ["create", "register", "available", "SpikingModel", "fold"]
+__all__ = ["create", "register", "available", "SpikingModel", "fold", "ENCODINGS"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -32,13 +32,16 @@ def available() -> list[str]:
 
 
 def create(name: str, *, num_classes: int, timesteps: int, tau: float = 2.0, in_channels: int = 3,
-           image_size: int = 32, fast_lif: bool | None = None, width: float = 1.0, **kwargs) -> SpikingModel:
+           image_size: int = 32, fast_lif: bool | None = None, width: float = 1.0, encoding: str = "direct",
+           encoding_seed: int = 0, **kwargs) -> SpikingModel:
     """Build a registered SNN: pixels [B, C, H, W] or [T, B, C, H, W] in [0, 1] -> logits [T, B, num_classes].
 
     `fast_lif` picks the compiled LIF scan for every neuron of this model (None: `neuron.default_fast()`).
     `width` (a number > 0, default 1.0 = the documented model) multiplies every hidden channel count and
     hidden linear size, each rounded to an int and at least 1; input channels and classes are unchanged,
     as are `block_names`. E.g. resnet19 at width=1/8 has stem 16 and stages 32/64/64 (parameters ~ width**2).
+    `encoding`: "direct" (the paper's: pixels into the stem at every step) or "poisson" (rate coding, drawn
+    from `forward(x, generator=...)` or from `encoding_seed`; see `SpikingModel`).
     kwargs: `mean`, `std` (per-channel normalisation, pixel units) and model-specific options.
     """
     if name not in _REGISTRY:
@@ -50,8 +53,11 @@ def create(name: str, *, num_classes: int, timesteps: int, tau: float = 2.0, in_
     # bool is a numbers.Real too, but width=True is surely a mistake
     if isinstance(width, bool) or not isinstance(width, numbers.Real) or not math.isfinite(width) or width <= 0:
         raise ConfigError(f"width must be a finite number > 0 (1.0 = full width), got {width!r}")
+    if encoding not in ENCODINGS:
+        raise ConfigError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
     model = _REGISTRY[name](num_classes=num_classes, timesteps=timesteps, tau=tau, in_channels=in_channels,
                             image_size=image_size, width=float(width), **kwargs)
+    model.encoding, model.encoding_seed = encoding, int(encoding_seed)
     if fast_lif is not None:
         for m in model.modules():
             if isinstance(m, LIF):

@@ -1,4 +1,4 @@
-"""Shared pieces of the built-in SNNs: input normalisation, direct encoding, timestep folding."""
+"""Shared pieces of the built-in SNNs: input normalisation, direct or Poisson (rate) encoding, timestep folding."""
 
 from __future__ import annotations
 
@@ -9,7 +9,35 @@ from torch import nn
 
 from spiketide.errors import ConfigError
 
-__all__ = ["fold", "scale_width", "SpikingModel"]
+__all__ = ["fold", "scale_width", "poisson_spikes", "SpikingModel", "ENCODINGS"]
+
+ENCODINGS = ("direct", "poisson")
+
+
+def poisson_spikes(p: torch.Tensor, generator: torch.Generator, shared: bool = False) -> torch.Tensor:
+    """Rate coding: a Bernoulli spike with probability p (a pixel in [0, 1]) per element and timestep.
+
+    p is [T, B, ...]. Forward gives exact 0/1 spikes; backward is straight-through, d spike / d p = 1 (the
+    gradient of the spike probability), so attacks and training differentiate through the rate.
+    `shared=True` draws one uniform pattern [T, ...] for every image of the batch, so what an image gets
+    does not depend on which batch it is in. Uniforms are drawn on the generator's device, so a CPU
+    generator gives the same spikes on any device.
+    """
+    shape = (p.shape[0], 1, *p.shape[2:]) if shared else p.shape
+    u = torch.rand(shape, generator=generator, device=generator.device, dtype=p.dtype).to(p.device)
+    return _RateSpike.apply(p, u)
+
+
+class _RateSpike(torch.autograd.Function):
+    """Exact 0/1 spikes forward (p + s - p would round), identity backward (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return (u < p).to(p.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
 
 
 def scale_width(channels: int, width: float) -> int:
@@ -34,9 +62,18 @@ class SpikingModel(nn.Module):
     encoding); a per-timestep input [T, B, C, H, W] goes through the stem at every step.
     `width` multiplies every hidden channel count / linear size (see `scale_width`); subclasses
     read it from `self.width`.
+
+    `encoding = "poisson"` feeds the stem rate-coded spikes instead (`poisson_spikes` of the pixels, at
+    every timestep; a per-timestep input gives each timestep's probabilities). Training passes
+    `forward(x, generator=...)`: independent spikes for every image, fresh at every step. Without a
+    generator, one uniform pattern [T, C, H, W] drawn from `encoding_seed` serves every image, so the model
+    keeps no state and an image's output depends neither on the call nor on its batch (Fisher measurement,
+    evaluation and attacks are deterministic).
     """
 
     block_names: Sequence[str] = ()
+    encoding: str = "direct"
+    encoding_seed: int = 0
 
     def __init__(self, *, num_classes: int, timesteps: int, in_channels: int, image_size: int,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None, width: float = 1.0):
@@ -51,9 +88,15 @@ class SpikingModel(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Normalise and apply the stem: [B, C, H, W] -> [T, B, ...] repeated, or [T, B, C, H, W] -> [T, B, ...]."""
         size = (self.in_channels, self.image_size, self.image_size)
+        if self.encoding == "poisson" and x.dim() in (4, 5) and tuple(x.shape[-3:]) == size and (
+                x.dim() == 4 or x.shape[0] == self.timesteps):
+            p = x.unsqueeze(0).expand(self.timesteps, *x.shape) if x.dim() == 4 else x
+            if generator is None:
+                return fold(self.stem, poisson_spikes(p, torch.Generator().manual_seed(self.encoding_seed), True))
+            return fold(self.stem, poisson_spikes(p, generator))
         if x.dim() == 4 and tuple(x.shape[1:]) == size:
             z = self.stem((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
             return z.unsqueeze(0).expand(self.timesteps, *z.shape)
@@ -64,8 +107,8 @@ class SpikingModel(nn.Module):
                           f"[T={self.timesteps}, B, {', '.join(map(str, size))}]; got shape {tuple(x.shape)}. "
                           "Build it with the dataset's channels and image_size.")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(self.encode(x))
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.forward_features(self.encode(x, generator))
 
     def forward_features(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
