@@ -244,6 +244,16 @@ def _load_with_data(ckpt: Path, args, split: str, samples: int | None, device):
     return model, config, state, ds
 
 
+def _write_results(out: Path, result: dict, out_dir: Path, figures: dict) -> int:
+    """An analysis' JSON, then its figures (name -> Figure) in the run's figures/ folder; says what it wrote."""
+    from spiketide import plots
+
+    _write_json(out, result)
+    paths = [p for name, fig in figures.items() for p in plots.save(fig, _figure_path(out_dir, out, name))]
+    print("figures: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def _write_json(path: Path, obj) -> None:
     from spiketide.runs import atomic_write_json
 
@@ -284,14 +294,13 @@ def cmd_fisher(args, ckpts: list[Path], out_dir: Path) -> int:
         trace = ", ".join(f"{v:.4g}" for v in prof.trace.tolist())
         print(f"{ckpt.name} (epoch {state.get('epoch')}): I_t = [{trace}], centroid {prof.centroid:.3f}")
     out = Path(args.out) if args.out else out_dir / "fisher.json"
-    _write_json(out, {"split": args.split, "samples": args.samples, "estimator": args.estimator, "results": results})
     records = [{"epoch": r["epoch"] if r["epoch"] is not None else i, "fisher": r["fisher"]}
                for i, r in enumerate(results)]
-    figs = plots.save(plots.plot_fig1(records), _figure_path(out_dir, out, f"{out.stem}_fig1"))
+    figures = {f"{out.stem}_fig1": plots.plot_fig1(records)}
     if args.per_layer:
-        figs += plots.save(plots.plot_fig3(records), _figure_path(out_dir, out, f"{out.stem}_fig3"))
-    print("figures: " + ", ".join(str(f) for f in figs))
-    return 0
+        figures[f"{out.stem}_fig3"] = plots.plot_fig3(records)
+    return _write_results(out, {"split": args.split, "samples": args.samples, "estimator": args.estimator,
+                                "results": results}, out_dir, figures)
 
 
 def cmd_deficits(args, ckpts: list[Path], out_dir: Path) -> int:
@@ -308,10 +317,7 @@ def cmd_deficits(args, ckpts: list[Path], out_dir: Path) -> int:
                                        batch_size=args.batch_size, seed=args.seed, data_root=args.data_root,
                                        device=select_device(args.device), progress=args.progress, on_result=report)
     out = Path(args.out) if args.out else out_dir / "deficits.json"
-    _write_json(out, result)
-    figs = plots.save(plots.plot_deficits(result), _figure_path(out_dir, out, "fig2_deficits"))
-    print("figures: " + ", ".join(str(f) for f in figs))
-    return 0
+    return _write_results(out, result, out_dir, {"fig2_deficits": plots.plot_deficits(result)})
 
 
 def cmd_robustness(args, ckpts: list[Path], out_dir: Path) -> int:
@@ -353,7 +359,7 @@ def cmd_robustness(args, ckpts: list[Path], out_dir: Path) -> int:
 
 
 def cmd_early_exit(args, ckpts: list[Path], out_dir: Path) -> int:
-    from spiketide import data, early_exit, plots
+    from spiketide import data, early_exit
     from spiketide.fisher import temporal_fisher
     from spiketide.train import select_device
 
@@ -366,14 +372,11 @@ def cmd_early_exit(args, ckpts: list[Path], out_dir: Path) -> int:
     curve["checkpoint"] = str(ckpt)
     print(early_exit.summarize(curve, prof.trace))
     out = Path(args.out) if args.out else out_dir / "early_exit.json"
-    _write_json(out, curve)
-    figs = plots.save(early_exit.exit_curve_figure(curve), _figure_path(out_dir, out, "early_exit"))
-    print("figures: " + ", ".join(str(f) for f in figs))
-    return 0
+    return _write_results(out, curve, out_dir, {"early_exit": early_exit.exit_curve_figure(curve)})
 
 
 def cmd_stats(args, ckpts: list[Path], out_dir: Path) -> int:
-    from spiketide import plots, stats
+    from spiketide import stats
     from spiketide.train import select_device
 
     energy = stats.EnergyModel(e_ac_pj=args.e_ac, e_mac_pj=args.e_mac)  # bad constants fail before any loading
@@ -385,10 +388,7 @@ def cmd_stats(args, ckpts: list[Path], out_dir: Path) -> int:
     print(f"{ckpt.name} (epoch {state.get('epoch')}):")
     print(stats.summarize(result))
     out = Path(args.out) if args.out else out_dir / "stats.json"
-    _write_json(out, result)
-    figs = plots.save(stats.stats_figure(result), _figure_path(out_dir, out, out.stem))
-    print("figures: " + ", ".join(str(f) for f in figs))
-    return 0
+    return _write_results(out, result, out_dir, {out.stem: stats.stats_figure(result)})
 
 
 def cmd_prune(args) -> int:
