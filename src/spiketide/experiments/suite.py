@@ -248,76 +248,66 @@ _add(Experiment(
     ),
     figure="blocks"))
 
-def _timestep_runs(scale: str) -> dict[str, dict]:
-    return {f"T={t}": {"timesteps": t} for t in _values(scale, [4, 6, 8], [4, 6, 8, 10])}
+def _ablation(name: str, title: str, what: str, runs: Callable[[str], dict[str, dict]],
+              extra: Callable[[str, list[str]], tuple[ClaimSpec, ...]] = lambda scale, labels: (),
+              tic: bool = True) -> None:
+    """A Fig. 4 panel: one run per value of one option; TIC claimed for each (unless `tic` is False) and the
+    panel's own claims, `extra(scale, labels)`."""
+    _add(Experiment(name, title, runs=runs, figure="ic", claims=lambda scale: (
+        (_tic_claims(list(runs(scale)), what) if tic else ()) + extra(scale, list(runs(scale))))))
 
 
-_add(Experiment(
-    "fig4-timesteps", "Fig. 4(a): TIC for several T",
-    runs=_timestep_runs,
-    claims=lambda scale: _tic_claims(list(_timestep_runs(scale)), "T") + (
+_ablation(
+    "fig4-timesteps", "Fig. 4(a): TIC for several T", "T",
+    lambda scale: {f"T={t}": {"timesteps": t} for t in _values(scale, [4, 6, 8], [4, 6, 8, 10])},
+    lambda scale, labels: (
         ClaimSpec(Claim("longer-T-later", "A longer T starts the IC transition later (IC peak at a later epoch)",
                         "T = 4 drops at the very early epochs, T = 10 near epoch 80",
                         "peak epoch fraction (longest T) - (shortest T)", ">0"),
-                  diff(peak_epoch_fraction, list(_timestep_runs(scale))[-1],
-                       peak_epoch_fraction, list(_timestep_runs(scale))[0])),),
-    figure="ic"))
+                  diff(peak_epoch_fraction, labels[-1], peak_epoch_fraction, labels[0])),))
 
-_add(Experiment(
-    "fig4-tau", "Fig. 4(b): TIC for tau = 0.75, 2, 4",
-    runs=lambda scale: {f"tau={t}": {"tau": t} for t in _values(scale, [0.75, 2.0, 4.0],
-                                                                                     [0.75, 2.0, 4.0], [2.0, 4.0])},
-    claims=lambda scale: _tic_claims([f"tau={t}" for t in _values(scale, [0.75, 2.0, 4.0], [0.75, 2.0, 4.0],
-                                                                  [2.0, 4.0])], "tau") + (
+_ablation(
+    "fig4-tau", "Fig. 4(b): TIC for tau = 0.75, 2, 4", "tau",
+    lambda scale: {f"tau={t}": {"tau": t} for t in _values(scale, [0.75, 2.0, 4.0], [0.75, 2.0, 4.0], [2.0, 4.0])},
+    lambda scale, labels: (
         ClaimSpec(Claim("high-tau-higher-ic", "tau = 4 has a higher IC mid-training than tau = 2",
                         "higher time constants show relatively higher IC", "IC(mid, tau=4) - IC(mid, tau=2)", ">0"),
-                  diff(lambda r: ic_at(r, 0.5), "tau=4.0", lambda r: ic_at(r, 0.5), "tau=2.0")),),
-    figure="ic"))
+                  diff(lambda r: ic_at(r, 0.5), "tau=4.0", lambda r: ic_at(r, 0.5), "tau=2.0")),))
 
-_add(Experiment(
-    "fig4-weight-decay", "Fig. 4(c): TIC for several weight decays",
-    runs=lambda scale: {f"wd={w:g}": {"weight_decay": w}
-                        for w in _values(scale, [0.0, 5e-4, 5e-3], [0.0, 5e-4, 5e-3])},
-    claims=lambda scale: (ClaimSpec(Claim("wd-no-change", "Weight decay does not change where information ends up (IC at the end "
-                            "within 0.5)", "weight decay does not make significant change on TIC",
-                            "IC_end(wd=5e-4) - IC_end(wd=0)", "~0", margin=0.5),
-                      diff(lambda r: ic_at(r, 1.0), "wd=0.0005", lambda r: ic_at(r, 1.0), "wd=0")),),
-    figure="ic"))
+_ablation(
+    "fig4-weight-decay", "Fig. 4(c): TIC for several weight decays", "weight decay",
+    lambda scale: {f"wd={w:g}": {"weight_decay": w} for w in _values(scale, [0.0, 5e-4, 5e-3], [0.0, 5e-4, 5e-3])},
+    lambda scale, labels: (
+        ClaimSpec(Claim("wd-no-change", "Weight decay does not change where information ends up (IC at the end "
+                        "within 0.5)", "weight decay does not make significant change on TIC",
+                        "IC_end(wd=5e-4) - IC_end(wd=0)", "~0", margin=0.5),
+                  diff(lambda r: ic_at(r, 1.0), "wd=0.0005", lambda r: ic_at(r, 1.0), "wd=0")),), tic=False)
 
-_add(Experiment(
-    "fig4-lr", "Fig. 4(d): TIC for four learning rates",
-    runs=lambda scale: {f"lr={v:g}": {"lr": v}
-                        for v in _values(scale, [0.01, 0.03, 0.1, 0.3], [0.03, 0.08, 0.3, 0.8])},
-    claims=lambda scale: (ClaimSpec(Claim("low-lr-later", "A lower learning rate starts the IC transition later",
-                            "lower lr shows late IC transition from late to early timesteps",
-                            "peak epoch fraction (lowest lr) - (base lr)", ">0"),
-                      diff(peak_epoch_fraction, f"lr={_values(scale, [0.01], [0.03])[0]:g}",
-                           peak_epoch_fraction, f"lr={base_config(scale)['lr']:g}")),),
-    figure="ic"))
+_ablation(
+    "fig4-lr", "Fig. 4(d): TIC for four learning rates", "lr",
+    lambda scale: {f"lr={v:g}": {"lr": v}
+                   for v in _values(scale, [0.01, 0.03, 0.1, 0.3], [0.03, 0.08, 0.3, 0.8], [0.03, 0.1])},
+    lambda scale, labels: (
+        ClaimSpec(Claim("low-lr-later", "A lower learning rate starts the IC transition later",
+                        "lower lr shows late IC transition from late to early timesteps",
+                        "peak epoch fraction (lowest lr) - (base lr)", ">0"),
+                  diff(peak_epoch_fraction, labels[0], peak_epoch_fraction, f"lr={base_config(scale)['lr']:g}")),),
+    tic=False)
 
-_add(Experiment(
-    "fig4-dataset", "Fig. 4(e): TIC on several datasets",
-    runs=lambda scale: {d: {"dataset": d}
-                        for d in _values(scale, ["fashion-mnist"], ["cifar10", "svhn", "fashion-mnist"])},
-    claims=lambda scale: _tic_claims(_values(scale, ["fashion-mnist"], ["cifar10", "svhn", "fashion-mnist"]),
-                                     "dataset"),
-    figure="ic"))
+_ablation(
+    "fig4-dataset", "Fig. 4(e): TIC on several datasets", "dataset",
+    lambda scale: {d: {"dataset": d} for d in _values(scale, ["fashion-mnist"], ["cifar10", "svhn", "fashion-mnist"])})
 
-def _arch_runs(scale: str) -> dict[str, dict]:
-    return {m: {"model": m, "width": _ARCH_WIDTH[scale]}
-            for m in _values(scale, ["alexnet", "resnet19", "resnet34"], ["alexnet", "resnet19", "resnet34"],
-                             ["alexnet", "resnet34"])}
-
-
-_add(Experiment(
-    "fig4-arch", "Fig. 4(f): TIC for AlexNet, ResNet19, ResNet34",
-    runs=_arch_runs,
-    claims=lambda scale: _tic_claims(list(_arch_runs(scale)), "architecture") + (
+_ablation(
+    "fig4-arch", "Fig. 4(f): TIC for AlexNet, ResNet19, ResNet34", "architecture",
+    lambda scale: {m: {"model": m, "width": _ARCH_WIDTH[scale]}
+                   for m in _values(scale, ["alexnet", "resnet19", "resnet34"], ["alexnet", "resnet19", "resnet34"],
+                                    ["alexnet", "resnet34"])},
+    lambda scale, labels: (
         ClaimSpec(Claim("alexnet-higher-end-ic", "AlexNet ends with a higher IC than ResNet34",
                         "AlexNet does not show very low IC at the end; ResNet34 concentrates in t = 1..3",
                         "IC_end(alexnet) - IC_end(resnet34)", ">0"),
-                  diff(lambda r: ic_at(r, 1.0), "alexnet", lambda r: ic_at(r, 1.0), "resnet34")),),
-    figure="ic"))
+                  diff(lambda r: ic_at(r, 1.0), "alexnet", lambda r: ic_at(r, 1.0), "resnet34")),))
 
 
 def _alpha_runs(scale: str) -> dict[str, dict]:
