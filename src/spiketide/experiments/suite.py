@@ -34,10 +34,10 @@ _BASE = {
 # Analysis sizes per scale: test images for robustness / deficits, PGD iterations, pruning rounds.
 _EVAL = {"smoke": dict(samples=40, pgd_iters=2), "cpu": dict(samples=500, pgd_iters=10),
          "paper": dict(samples=10000, pgd_iters=10)}
-# Seconds per epoch of one base trial, Fisher tracking included (measured: smoke and cpu as Ray trials on 1 CPU
-# each, two at a time on the 2-core machine, where per-layer Fisher on 128 images every 5 epochs is about half
-# of the time; paper: the H200 ResNet19 epoch in BENCHMARKS.md), scaled by epochs x T x model cost for --list.
-_EPOCH_SECONDS = {"smoke": 1.5, "cpu": 13.0, "paper": 24.6}
+# Seconds per epoch of one base trial, Fisher tracking and analyses included (measured: cpu, 12 Ray trials on 1 CPU
+# each, two at a time on the 2-core machine, 62 min in all; per-layer Fisher on 128 images every 5 epochs is about
+# half of it; paper: the H200 ResNet19 epoch in BENCHMARKS.md), scaled by epochs x T x model cost for --list.
+_EPOCH_SECONDS = {"smoke": 1.5, "cpu": 10.0, "paper": 24.6}
 # Relative cost of a model against the scale's base model (CPU: 1/8-width models against convnet, one step timed).
 _MODEL_COST = {"smoke": {"resnet19": 4.0, "resnet34": 5.0, "vgg16": 2.5},
                "cpu": {"resnet19": 4.0, "resnet34": 5.0, "vgg16": 2.5, "alexnet": 1.0},
