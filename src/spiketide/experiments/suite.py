@@ -98,6 +98,18 @@ def tic_drop(r: RunResult | None) -> float | None:
     return (max(ic for _, ic in ics) - ics[-1][1]) / max(T - 1, 1)
 
 
+def tic_margin(r: RunResult | None) -> float | None:
+    """IC_end - (IC_peak - 1): below 0 when IC ends more than one timestep below its peak (the TIC rule)."""
+    ics = _ics(r) if r else []
+    return ics[-1][1] - (max(ic for _, ic in ics) - 1) if ics else None
+
+
+def ic_rise(r: RunResult | None) -> float | None:
+    """IC_peak - IC_init: above 0 when information first spreads to later timesteps."""
+    ics = _ics(r) if r else []
+    return max(ic for _, ic in ics) - ics[0][1] if ics else None
+
+
 def i1_lead(r: RunResult | None) -> float | None:
     """(I_1 - max_{t>1} I_t) / sum_t I_t at the end: > 0 when the first timestep holds the most information."""
     f = r.fisher() if r else []
@@ -211,15 +223,13 @@ _add(Experiment(
         ClaimSpec(Claim("tic", "Information concentrates in early timesteps: IC at the end < IC at its peak - 1",
                         "IC moves to the early timesteps (ResNet19/CIFAR-10: epoch 20 highest, epoch 300 lowest)",
                         "IC_end - (IC_peak - 1)", "<0"),
-                  lambda runs: (lambda r: None if not _ics(r) else _ics(r)[-1][1] - (max(i for _, i in _ics(r)) - 1))(
-                      runs.get("base"))),
+                  of(tic_margin, "base")),
         ClaimSpec(Claim("i1-largest", "After training, I_1 is the largest I_t",
                         "I_t is highest at t = 1 and nearly 0 for t = 2..10 (epoch 300)",
                         "(I_1 - max_{t>1} I_t) / sum I_t at the end", ">0"), of(i1_lead, "base")),
         ClaimSpec(Claim("rise-first", "Early in training IC first rises (information spreads to later timesteps)",
                         "epoch 20 has the highest IC", "IC_peak - IC_init", ">0"),
-                  lambda runs: (lambda r: None if not _ics(r) else max(i for _, i in _ics(r)) - _ics(r)[0][1])(
-                      runs.get("base"))),
+                  of(ic_rise, "base")),
     ),
     figure="ic"))
 
@@ -391,8 +401,7 @@ _HYPOTHESIS = "no claim in the paper: a hypothesis stated before the run"
 def _tic_hypothesis(label: str, what: str) -> ClaimSpec:
     return ClaimSpec(Claim(f"tic-{label}", f"TIC (IC at the end <= IC at its peak - 1) also appears under {what}",
                            _HYPOTHESIS, "IC_end - (IC_peak - 1)", "<0"),
-                     lambda runs: (lambda r: None if not _ics(r) else _ics(r)[-1][1] - (max(i for _, i in _ics(r)) - 1))(
-                         runs.get(label)))
+                     of(tic_margin, label))
 
 
 def _loss_runs(scale: str) -> dict[str, dict]:
