@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import os
 import pickle
 import struct
@@ -106,7 +107,7 @@ def md5(path: Path) -> str:
 
 
 def test_registry_and_dataset_info():
-    assert set(DATASETS) == {"fashion-mnist", "cifar10", "cifar100", "svhn"}
+    assert set(DATASETS) == {"fashion-mnist", "cifar10", "cifar100", "svhn", "digits"}
     assert dataset_info("CIFAR-10") is DATASETS["cifar10"]
     assert dataset_info("fashion_mnist").channels == 1
     assert DATASETS["cifar100"].num_classes == 100
@@ -189,6 +190,61 @@ def test_svhn_roundtrip_and_label_10_is_0(tmp_path):
     assert s.labels.tolist() == [0, 1, 9, 0, 5]
     assert torch.equal(s.images, torch.from_numpy(x).permute(3, 2, 0, 1))
     assert s.images[3, 2, 7, 11].item() == x[7, 11, 2, 3]
+
+
+# ----------------------------------------------------------------------------- digits (inside scikit-learn)
+
+
+def test_digits_splits_sizes_pixels_and_stratification():
+    train, test = load("digits", "train"), load("digits", "test")
+    info = dataset_info("digits")
+    assert (info.channels, info.image_size, info.num_classes) == (1, 8, 10)
+    assert (len(train), len(test)) == (info.train_size, info.test_size) == (1347, 450)
+    for s in (train, test):
+        assert s.images.shape[1:] == (1, 8, 8) and s.images.dtype == torch.uint8 and s.labels.dtype == torch.int64
+        assert set(s.images.unique().tolist()) <= {round(v * 255 / 16) for v in range(17)}
+    assert train.images.max() == 255 and train.images.min() == 0
+    # The two splits are exactly the file's 1,797 rows, each used once; the test split is round(n/4) per class.
+    table = np.loadtxt(gzip.open(data._digits_folder() / data.DIGITS_FILE), delimiter=",")
+    rows = np.concatenate([table[:, :64] * 255 / 16, table[:, 64:]], 1).round()
+    ours = torch.cat([torch.cat([s.images.flatten(1), s.labels[:, None]], 1) for s in (train, test)]).numpy()
+    assert len(ours) == len(rows) == 1797
+    assert np.array_equal(ours[np.lexsort(ours.T)], rows[np.lexsort(rows.T)])
+    per_class = np.bincount(table[:, 64].astype(int))
+    assert torch.bincount(test.labels).tolist() == [round(n / 4) for n in per_class]
+    assert (torch.bincount(train.labels) + torch.bincount(test.labels)).tolist() == per_class.tolist()
+    # mean/std in DatasetInfo are those of the train pixels.
+    px = to_float(train.images)
+    assert px.mean().item() == pytest.approx(info.mean[0], abs=1e-4)
+    assert px.std(unbiased=False).item() == pytest.approx(info.std[0], abs=1e-4)
+
+
+def test_digits_deterministic_subset_and_root_ignored(tmp_path):
+    a, b = load("digits", "test"), load("digits", "test", root=tmp_path / "nonexistent", download=False)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    s1, s2 = load("digits", "train", subset=100, seed=3), load("digits", "train", subset=100, seed=3)
+    assert torch.equal(s1.images, s2.images) and torch.bincount(s1.labels).tolist() == [10] * 10
+    assert data.locate("digits", "train", root=tmp_path).name == "data"  # sklearn/datasets/data
+
+
+def test_digits_checksum_mismatch_and_missing_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_digits_folder", lambda: tmp_path)
+    with pytest.raises(DataError, match="cannot read .*digits.csv.gz.*reinstall scikit-learn"):
+        load("digits", "train")
+    with gzip.open(tmp_path / "digits.csv.gz", "wt") as f:  # a well-formed file, just not the pinned one
+        f.write(",".join(["16"] * 64 + ["3"]) + "\n")
+    with pytest.raises(DataError, match=f"digits.csv.gz failed its checksum: expected sha256 {data.DIGITS_SHA256}, "
+                                        "got [0-9a-f]{64}.*reinstall scikit-learn") as err:
+        load("digits", "test")
+    assert "\n" not in str(err.value)
+
+
+def test_digits_without_scikit_learn_is_one_line(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"digits dataset ships inside scikit-learn.*pip install scikit-learn") as err:
+        load("digits", "train")
+    assert "\n" not in str(err.value) and "spiketide[digits]" in str(err.value)
 
 
 # ----------------------------------------------------------------------------- corrupt / missing
@@ -550,6 +606,7 @@ def test_augment_policy():
     assert AUGMENT["cifar100"].flip
     assert AUGMENT["svhn"].pad == 4 and not AUGMENT["svhn"].flip
     assert not AUGMENT["fashion-mnist"].flip
+    assert AUGMENT["digits"].pad == 1 and not AUGMENT["digits"].flip
 
 
 def test_random_crop_is_a_shift_of_the_padded_image():

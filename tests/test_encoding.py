@@ -57,3 +57,25 @@ def test_gradients_flow_through_the_rate_and_fisher_is_deterministic():
 def test_unknown_encoding_is_refused():
     with pytest.raises(ConfigError, match="unknown encoding 'rate'"):
         models.create("convnet", num_classes=10, timesteps=2, in_channels=1, image_size=28, encoding="rate")
+
+
+def test_poisson_model_falls_to_zero_under_the_eps_sweep():
+    """No gradient masking: the straight-through rate gradient lets PGD break a Poisson model that has learned."""
+    from spiketide.losses import mean_output_ce
+    from spiketide.robustness import check_gradient_masking, eps_sweep
+
+    torch.manual_seed(0)
+    net = models.create("convnet", num_classes=2, timesteps=4, in_channels=1, image_size=12, widths=(4, 8, 8),
+                        fast_lif=False, encoding="poisson")
+    y = torch.arange(64) % 2
+    x = (0.15 + 0.7 * y.view(-1, 1, 1, 1) + 0.1 * torch.rand(64, 1, 12, 12)).clamp(0, 1)  # dark vs bright
+    opt = torch.optim.Adam(net.parameters(), lr=0.02)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        opt.zero_grad()
+        mean_output_ce(net(x, generator=g), y).backward()
+        opt.step()
+    sweep = eps_sweep(net, x, y, [0.0, 0.1, 0.3, 1.0], random_start=False, progress=False)  # the gradient alone
+    accs = [a for _, a in sweep]
+    assert accs[0] >= 0.9  # it has learned
+    assert accs[-1] == 0.0 and check_gradient_masking(sweep) is None

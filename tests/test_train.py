@@ -194,11 +194,18 @@ def test_evaluation_keeps_submodule_modes():
 @pytest.mark.parametrize("change,match", [
     (dict(fisher_batch_size=0), "Fisher batch size"), (dict(momentum=-1.0), "momentum"),
     (dict(weight_decay=-1.0), "weight-decay"), (dict(lr=float("nan")), "learning rate"),
+    (dict(eval_every=0), "eval-every"),
 ])
 def test_more_config_validation(tmp_path, change, match):
     with pytest.raises(ConfigError, match=match):
         Trainer(tiny(tmp_path, **change))
     assert not (tmp_path / "run").exists()  # caught before anything is written
+
+
+def test_eval_every_leaves_unmeasured_epochs_null_and_always_tests_the_last(tmp_path):
+    train(tiny(tmp_path, epochs=5, eval_every=2))
+    acc = [r["test_acc"] for r in RunDir(tmp_path / "run").read_metrics()]
+    assert [a is not None for a in acc] == [True, False, True, False, True, True]
 
 
 def _ddp_worker(rank, world, init, out):

@@ -69,6 +69,8 @@ def _add_train_options(p: argparse.ArgumentParser, defaults) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help="default %(default)s")
     g.add_argument("-b", "--batch-size", type=_positive_int, default=defaults.batch_size, help="global batch size (default %(default)s)")
+    g.add_argument("--eval-every", type=_positive_int, default=defaults.eval_every,
+                   help="test accuracy every K epochs (default %(default)s; always at epoch 0 and the last)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
     g.add_argument("--lr", type=float, default=defaults.lr, help="learning rate (default %(default)s)")
     g.add_argument("--momentum", type=float, default=defaults.momentum)
@@ -359,13 +361,15 @@ def cmd_robustness(args, ckpts: list[Path], out_dir: Path) -> int:
 
 
 def cmd_early_exit(args, ckpts: list[Path], out_dir: Path) -> int:
-    from spiketide import data, early_exit
+    from spiketide import data, early_exit, stats
     from spiketide.fisher import temporal_fisher
     from spiketide.train import select_device
 
+    energy = stats.EnergyModel(e_ac_pj=args.e_ac, e_mac_pj=args.e_mac)  # bad constants fail before any loading
     device, ckpt = select_device(args.device), ckpts[-1]
     model, config, state, ds = _load_with_data(ckpt, args, "test", args.samples, device)
-    curve = early_exit.exit_curve(model, ds.images, ds.labels, thresholds=args.thresholds, batch_size=args.batch_size)
+    curve = early_exit.exit_curve(model, ds.images, ds.labels, thresholds=args.thresholds, batch_size=args.batch_size,
+                                  energy=energy)
     train = _eval_data(config, "train", args.fisher_samples, args.seed, args.data_root, device)
     prof = temporal_fisher(model, data.to_float(train.images), train.labels, batch_size=64, seed=args.seed)
     curve["fisher"] = prof.to_dict()
@@ -421,6 +425,13 @@ def _add_eval_options(p: argparse.ArgumentParser, samples_default: int | None, s
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
+def _add_energy_options(p: argparse.ArgumentParser) -> None:
+    """The energy constants of `stats.EnergyModel`, shared by `stats` and `early-exit`."""
+    p.add_argument("--e-ac", type=float, default=0.9,
+                   help="pJ per accumulate (default %(default)s: 45 nm, Horowitz 2014)")
+    p.add_argument("--e-mac", type=float, default=4.6, help="pJ per multiply-accumulate (default %(default)s)")
+
+
 def add_analysis_commands(sub) -> None:
     p = sub.add_parser("fisher", help="temporal Fisher information (Eq. 3-7) of saved checkpoints",
                        description="Measure I_1..I_T (Eq. 6) and the information centroid (Eq. 7) of a checkpoint, or of "
@@ -459,10 +470,12 @@ def add_analysis_commands(sub) -> None:
 
     p = sub.add_parser("early-exit", help="confidence-based early exit: accuracy vs timesteps used",
                        description="Each test image exits at the first timestep whose horizon output (Eq. 4) is more "
-                       "confident than a threshold; accuracy vs mean timesteps, beside fixed-T accuracy and the Fisher profile.")
+                       "confident than a threshold; accuracy vs mean timesteps, the synaptic operations and energy that saves "
+                       "(counted per image, --e-ac / --e-mac as in `stats`), beside fixed-T accuracy and the Fisher profile.")
     p.add_argument("checkpoint")
     p.add_argument("--thresholds", type=_float_list, default=None, help="comma-separated confidence thresholds")
     p.add_argument("--fisher-samples", type=_positive_int, default=128)
+    _add_energy_options(p)
     _add_eval_options(p, None, "class-balanced test images (default: the whole test split)")
     p.set_defaults(func=_analysis(cmd_early_exit, "checkpoint"))
 
@@ -472,9 +485,7 @@ def add_analysis_commands(sub) -> None:
                        "SNN = SOPs x e_ac + MACs before the first spiking layer x e_mac, ANN = MACs x e_mac. Uses the "
                        "last checkpoint; writes stats.json and figures/stats.{png,pdf}.")
     p.add_argument("checkpoint", help="a checkpoint .pt or a run directory (its last checkpoint)")
-    p.add_argument("--e-ac", type=float, default=0.9,
-                   help="pJ per accumulate (default %(default)s: 45 nm, Horowitz 2014)")
-    p.add_argument("--e-mac", type=float, default=4.6, help="pJ per multiply-accumulate (default %(default)s)")
+    _add_energy_options(p)
     _add_eval_options(p, 256, "class-balanced test images (default %(default)s)")
     p.set_defaults(func=_analysis(cmd_stats, "checkpoint"), batch_size=64)
 

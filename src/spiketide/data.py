@@ -1,6 +1,7 @@
 """Image datasets in their native formats, held in memory as uint8, with batched augmentation.
 
-``fashion-mnist`` (IDX ``.gz``), ``cifar10`` / ``cifar100`` (python pickles), ``svhn`` (MATLAB ``.mat``).
+``fashion-mnist`` (IDX ``.gz``), ``cifar10`` / ``cifar100`` (python pickles), ``svhn`` (MATLAB ``.mat``), and
+``digits``: scikit-learn's 8x8 handwritten digits, read from the installed scikit-learn (see :func:`_read_digits`).
 A whole split lives on the device as uint8 ``[N, C, H, W]``, so an epoch is a few index operations:
 :func:`batches` slices a random permutation, :func:`augment` crops / flips a whole batch with tensor ops.
 
@@ -13,11 +14,14 @@ Where :func:`locate` looks for a split (each folder as is, or its ``<name>/`` or
 
 Downloads are the official files, verified against their published MD5 (pooch) before use. Files
 already there are never overwritten (an archive's incomplete extracted folder is replaced whole).
+``digits`` is never downloaded and ignores ``root``: its one file comes from the installed scikit-learn.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import importlib.util
 import io
 import math
 import os
@@ -68,10 +72,11 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar100": DatasetInfo("cifar100", 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
                             50_000, 10_000),
     "svhn": DatasetInfo("svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 73_257, 26_032),
+    "digits": DatasetInfo("digits", 1, 8, 10, (0.3057,), (0.3760,), 1_347, 450),  # our split, see _read_digits
 }
 # Keys are lower-case names without '-' or '_'.
 _ALIASES = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar10": "cifar10",
-            "cifar100": "cifar100", "svhn": "svhn"}
+            "cifar100": "cifar100", "svhn": "svhn", "digits": "digits"}
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -99,6 +104,8 @@ AUGMENT: dict[str, Augmentation] = {
     # Items are centred and all shoes face the same way, so a flip makes off-distribution
     # images; a small (+-2 px) shift is the usual mild choice.
     "fashion-mnist": Augmentation(pad=2, flip=False),
+    # 8x8 digits: a 1 px shift is already 1/8 of the image; no flip (as for SVHN).
+    "digits": Augmentation(pad=1, flip=False),
 }
 
 
@@ -199,6 +206,8 @@ def locate(name: str, split: str = "train", *, root: str | os.PathLike | None = 
     info = dataset_info(name)
     if split not in ("train", "test"):
         raise ConfigError(f"unknown split {split!r}; use 'train' or 'test'")
+    if info.name == "digits":  # inside scikit-learn: root and download do not apply
+        return _digits_folder()
     required = _FILES[info.name][split]
     every = {f for files in _FILES[info.name].values() for f in files}
     user, target = _folders(info.name, root)
@@ -422,6 +431,8 @@ def _parse_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_split(name: str, folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 [N, C, H, W] and labels int64 [N] of one split, read and checked."""
+    if name == "digits":
+        return _read_digits(folder / DIGITS_FILE, split)
     paths = [folder / f for f in _FILES[name][split]]
     if name == "fashion-mnist":
         x = _read(paths[0], name, _IDX[2051], lambda p: _parse_idx(p, 2051))
@@ -432,6 +443,49 @@ def _read_split(name: str, folder: Path, split: str) -> tuple[np.ndarray, np.nda
     key, k = (b"labels", 10) if name == "cifar10" else (b"fine_labels", 100)
     parts = [_read(p, name, _CIFAR.format(key=key), lambda p: _parse_cifar(p, key, k)) for p in paths]
     return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+
+
+# ----------------------------------------------------------------------------- digits (inside scikit-learn)
+
+DIGITS_FILE = "digits.csv.gz"  # in sklearn/datasets/data/; hash taken from scikit-learn 1.9.1
+DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
+DIGITS_SPLIT_SEED = 0  # the file has no train/test split: ours is fixed by this seed (changing it changes results)
+
+
+def _digits_folder() -> Path:
+    """``sklearn/datasets/data`` of the installed scikit-learn, found without importing it (slow)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError('the digits dataset ships inside scikit-learn, which is not installed. Fix: pip install '
+                          'scikit-learn (or pip install "spiketide[digits]")')
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
+def _read_digits(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split of the 1,797 digits: images uint8 [N, 1, 8, 8] (0..16 scaled to 0..255), labels int64 [N].
+
+    The file (a row: 64 pixels, then the label) is checked against :data:`DIGITS_SHA256`. The test
+    split is ``round(n / 4)`` images of each class (450 in all), drawn by a numpy Generator seeded
+    with :data:`DIGITS_SPLIT_SEED`; the train split is the rest (1,347). Both keep file order.
+    """
+    fix = "Fix: reinstall scikit-learn (pip install --force-reinstall scikit-learn)"
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read {path}, the digits file of scikit-learn ({err}). {fix}.") from None
+    actual = hashlib.sha256(raw).hexdigest()
+    if actual != DIGITS_SHA256:
+        raise DataError(f"{path} failed its checksum: expected sha256 {DIGITS_SHA256}, got {actual} (damaged, or "
+                        f"changed by another scikit-learn release). {fix}, or one that ships this file unchanged.")
+    table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",")
+    images = np.round(table[:, :64] * 255 / 16).astype(np.uint8).reshape(-1, 1, 8, 8)
+    labels = table[:, 64].astype(np.int64)
+    rng, test = np.random.default_rng(DIGITS_SPLIT_SEED), np.zeros(len(labels), dtype=bool)
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        test[idx[: round(len(idx) / 4)]] = True
+    keep = np.flatnonzero(test == (split == "test"))
+    return images[keep], labels[keep]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -518,7 +572,7 @@ def augment(images: torch.Tensor, dataset_name: str, generator: torch.Generator 
     """Training augmentation (:data:`AUGMENT`) of a uint8 batch ``[B, C, H, W]`` -> float32 in [0, 1].
 
     CIFAR-10/100: crop with 4 px zero padding + horizontal flip; SVHN: the same crop, no flip;
-    Fashion-MNIST: crop with 2 px padding, no flip. Padding is black (pixel 0) before
+    Fashion-MNIST: crop with 2 px padding, no flip; digits: 1 px, no flip. Padding is black (pixel 0) before
     normalisation, like torchvision's ``RandomCrop(padding=...)``. Runs on the images' device;
     draws crop then flip from ``generator``, so the same state gives the same output.
     """

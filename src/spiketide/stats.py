@@ -33,6 +33,11 @@ Activation layouts understood (per call of a hooked module, B the batch size, T 
 timesteps folded into the batch [T*B, ...] (the built-in models), multi-step [T, B, ...], or one call per
 timestep [B, ...] (step-mode models, T calls per forward); a module called once on [B, ...] (the stem)
 counts at the first timestep.
+
+`OperationCounter` is the hook engine itself. With `per_sample=True` it also keeps, per image and timestep, the SOPs
+of the spike-driven layers and the MACs of the layers before them (two float64 numbers per image and timestep):
+what an image that stops after t timesteps has cost (`spiketide.early_exit`). Telling images apart needs a
+layout whose rows are images: folded, one call per timestep, [B, ...], or multi-step [T, B, features...].
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from spiketide import evaluation, progress as progress_bar
 from spiketide.errors import ConfigError, ModelOutputError
 from spiketide.neuron import LIF
 
-__all__ = ["EnergyModel", "spike_stats", "stats_figure", "summarize"]
+__all__ = ["EnergyModel", "OperationCounter", "spike_stats", "stats_figure", "summarize"]
 
 SpikingSpec = Callable[[str, nn.Module], bool] | Iterable[str | type] | None
 _SYNAPTIC = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -116,9 +121,17 @@ def _rows(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1) if x.dim() > 1 else x.reshape(1, -1)
 
 
+def _cells(x: Tensor, split: bool) -> Tensor:
+    """x as [L, M, rest]: M = x.shape[1] when `split` (a possible multi-step [T, B, ...] batch axis), else 1."""
+    if split:
+        return x.reshape(x.shape[0], x.shape[1], -1)
+    return _rows(x).unsqueeze(1)
+
+
 class _Call:
-    """One call of a hooked module, already reduced: `values[L]` per leading row (on the device) and whether its
-    second axis could be the batch (a multi-step [T, B, ...] layout)."""
+    """One call of a hooked module, already reduced: `values[L, M]` per leading row and, where the second axis could
+    be the batch of a multi-step [T, B, features...] layout, per entry of that axis (M = B; else M = 1); on the
+    device. `multi`: whether the second axis could be the batch at all."""
 
     __slots__ = ("values", "multi")
 
@@ -126,36 +139,54 @@ class _Call:
         self.values, self.multi = values, multi
 
 
-def _per_timestep(calls: list[_Call], T: int, B: int, name: str) -> np.ndarray:
-    """Sum a forward pass's calls into per-timestep totals over the batch (float64 [T]), by layout (module doc)."""
-    out = np.zeros(T)
-    stepwise = T > 1 and len(calls) == T and all(c.values.numel() == B for c in calls)
+def _by_sample(calls: list[_Call], T: int, B: int, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sum a forward pass's calls by layout (module doc): totals over the batch per timestep (float64 [T]), and the
+    same per image ([T, B]), or None where a call's rows are timesteps with no batch axis to tell images apart."""
+    per_sample = np.zeros((T, B))
+    unattributed = np.zeros(T)
+    stepwise = T > 1 and len(calls) == T and all(c.values.shape[0] == B for c in calls)
     for i, c in enumerate(calls):
         v = c.values.detach().cpu().double().numpy()
-        L = v.size
+        L = v.shape[0]
+        rows = v.sum(1)
         if stepwise:  # one call per timestep
-            out[i] += v.sum()
+            per_sample[i] += rows
         elif L == T * B:  # folded [T*B, ...], t-major as `reshape(T*B, ...)` makes it
-            out += v.reshape(T, B).sum(1)
+            per_sample += rows.reshape(T, B)
         elif L == T and (c.multi or L != B):  # multi-step [T, B, ...]
-            out += v
+            if v.shape[1] == B:
+                per_sample += v
+            elif B == 1:
+                per_sample[:, 0] += rows
+            else:
+                unattributed += rows
         elif L == B:  # run once per image, its output shared by all timesteps (direct encoding)
-            out[0] += v.sum()
+            per_sample[0] += rows
         else:
             raise ConfigError(f"cannot tell the timesteps of module {name!r}: a call with {L} leading rows, for "
                               f"T = {T} and batch size {B}; expected [T*B, ...], [T, B, ...] or [B, ...]")
-    return out
+    totals = per_sample.sum(1) + unattributed
+    return totals, (per_sample if not unattributed.any() else None)
 
 
-class _Counter:
-    """The forward hooks. Within a forward pass each hooked call leaves one `_Call` (a vector of at most T*B
-    numbers); after the pass they are summed per timestep into float64 numpy totals and dropped."""
+class OperationCounter:
+    """The forward hooks of `spike_stats` (module doc), for use around your own forward passes::
 
-    def __init__(self, model: nn.Module, is_spiking: Callable[[str, nn.Module], bool]):
+        with OperationCounter(model, per_sample=True) as ops:
+            for x in batches:
+                ops.start(len(x)); out = model(x); ops.finish(out.shape[0])
+        sops, macs = ops.sample_operations()  # [T, n] each
+
+    Within a forward pass each hooked call leaves one `_Call` (at most T*B numbers); `finish` sums them per
+    timestep into float64 totals (and, with `per_sample`, per image and timestep) and drops them."""
+
+    def __init__(self, model: nn.Module, spiking_modules: SpikingSpec = None, *, per_sample: bool = False):
+        is_spiking = _spiking_predicate(spiking_modules, model)
         self.spiking = [(n, m) for n, m in model.named_modules() if is_spiking(n, m)]
         spiking_ids = {id(m) for _, m in self.spiking}
         self.synaptic = [(n, m) for n, m in model.named_modules()
                          if isinstance(m, _SYNAPTIC) and id(m) not in spiking_ids]
+        self.per_sample = per_sample
         self.batch = 0
         self.spiked = False  # has a spiking layer run yet (decides which layers are spike-driven, at first call)
         self.kind: dict[str, str] = {}  # "ac" (spike-driven) or "mac"
@@ -163,9 +194,10 @@ class _Counter:
         self.binary: dict[str, list[Tensor]] = {}
         self.totals: dict[tuple[str, str], np.ndarray] = {}
         self.nonbinary: set[str] = set()
+        self.samples: dict[str, list[np.ndarray]] = {"sops": [], "macs": []}
         self.handles: list[Any] = []
 
-    def __enter__(self) -> _Counter:
+    def __enter__(self) -> OperationCounter:
         for n, m in self.spiking:
             self.handles.append(m.register_forward_hook(self._spike_hook(n)))
         for n, m in self.synaptic:
@@ -179,6 +211,10 @@ class _Counter:
         self.pending.clear()
         self.binary.clear()
 
+    def _split(self, x: Tensor) -> bool:
+        # only with feature axes behind it: splitting a 2-D [rows, features] tensor would keep it whole
+        return x.dim() >= 3 and x.shape[1] == self.batch
+
     def _add(self, key: tuple[str, str], values: Tensor, x: Tensor) -> None:
         multi = x.dim() >= 2 and x.shape[1] == self.batch
         self.pending.setdefault(key, []).append(_Call(values, multi))
@@ -186,11 +222,11 @@ class _Counter:
     def _spike_hook(self, name: str):
         def hook(mod: nn.Module, args: tuple, out: Any) -> None:
             y = _first_tensor(out, name)
-            rows = _rows(y)
+            cells = _cells(y, self._split(y))
             # float64 keeps counts exact for any layer size (MPS has no float64: float32 there)
             acc = torch.float32 if y.device.type == "mps" else torch.float64
-            self._add((name, "spikes"), rows.to(acc).sum(1), y)
-            self._add((name, "neurons"), torch.full((rows.shape[0],), float(rows.shape[1])), y)
+            self._add((name, "spikes"), cells.to(acc).sum(2), y)
+            self._add((name, "neurons"), torch.full(cells.shape[:2], float(cells.shape[2])), y)
             self.spiked = True
 
         return hook
@@ -202,40 +238,64 @@ class _Counter:
                 raise ConfigError(f"layer {name!r} got an unbatched input {tuple(x.shape)}; spike_stats needs batched "
                                   "inputs [N, C, ...]")
             kind = self.kind.setdefault(name, "ac" if self.spiked else "mac")
-            rows = _rows(x).shape[0]
+            # a conv's second axis is channels, never the batch
+            shape = _cells(x, isinstance(mod, nn.Linear) and self._split(x)).shape
             if isinstance(mod, nn.Linear):
-                dense_per_row = x.numel() // rows * mod.out_features
+                dense_per_cell = shape[2] * mod.out_features
             else:
-                dense_per_row = out.numel() // rows * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
-            self._add((name, "dense"), torch.full((rows,), float(dense_per_row)), x)
+                dense_per_cell = out.numel() // shape[0] * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+            self._add((name, "dense"), torch.full(shape[:2], float(dense_per_cell)), x)
             if kind == "ac":
-                self._add((name, "sops"), _events_times_fanout(mod, x), x)
+                self._add((name, "sops"), _events_times_fanout(mod, x, self._split(x)), x)
                 self.binary.setdefault(name, []).append(((x == 0) | (x == 1)).all())
 
         return hook
 
     def start(self, batch: int) -> None:
+        """Before a forward pass of `batch` images."""
         self.batch = batch
         self.pending.clear()
         self.binary.clear()
 
     def finish(self, T: int) -> None:
-        """Fold this forward pass's calls into the running totals (and drop them)."""
+        """After the forward pass (the model returned T timesteps): fold its calls into the totals and drop them."""
+        costs = {"sops": np.zeros((T, self.batch)), "macs": np.zeros((T, self.batch))}
         for key, calls in self.pending.items():
-            per_t = _per_timestep(calls, T, self.batch, key[0])
+            per_t, per_sample = _by_sample(calls, T, self.batch, key[0])
             self.totals[key] = self.totals[key] + per_t if key in self.totals else per_t
+            name, what = key
+            cost = "sops" if what == "sops" else "macs" if what == "dense" and self.kind[name] == "mac" else None
+            if self.per_sample and cost:
+                if per_sample is None:
+                    raise ConfigError(f"cannot tell the images of layer {name!r} apart: its input has the "
+                                      f"timesteps first but no batch axis after them; per-image counts need "
+                                      "[T*B, ...], [B, ...] or [T, B, features...]")
+                costs[cost] += per_sample
+        if self.per_sample:
+            for k, v in costs.items():
+                self.samples[k].append(v)
         for name, flags in self.binary.items():
             if not all(bool(f) for f in flags):
                 self.nonbinary.add(name)
         self.pending.clear()
         self.binary.clear()
 
+    def sample_operations(self) -> tuple[np.ndarray, np.ndarray]:
+        """(SOPs, MACs), float64 [T, n] each, images in the order they ran: per image and timestep, the accumulates
+        of the spike-driven layers and the MACs of the layers that run before the first spiking layer."""
+        if not self.per_sample:
+            raise ConfigError("OperationCounter(per_sample=True) keeps per-image counts; this one did not")
+        if not self.samples["sops"]:
+            return np.zeros((0, 0)), np.zeros((0, 0))
+        return tuple(np.concatenate(self.samples[k], axis=1) for k in ("sops", "macs"))
 
-def _events_times_fanout(mod: nn.Module, x: Tensor) -> Tensor:
-    """Per leading row of x: the sum over its non-zero elements of their fan-out in `mod` (SOPs, module doc)."""
+
+def _events_times_fanout(mod: nn.Module, x: Tensor, split: bool = False) -> Tensor:
+    """Per leading row of x (and per entry of its second axis, with `split` and a Linear layer: [L, M]; else
+    [L, 1]): the sum over its non-zero elements of their fan-out in `mod` (SOPs, module doc)."""
     nz = x != 0
     if isinstance(mod, nn.Linear):
-        return _rows(nz).sum(1) * mod.out_features
+        return _cells(nz, split).sum(2) * mod.out_features
     d = len(mod.kernel_size)
     ev = nz.float()
     padding = mod.padding
@@ -247,7 +307,7 @@ def _events_times_fanout(mod: nn.Module, x: Tensor) -> Tensor:
     # of the group sees the same ones
     hits = _CONV[d](ev, ones, None, mod.stride, padding, mod.dilation, mod.groups)
     acc = torch.float32 if x.device.type == "mps" else torch.float64
-    return _rows(hits).to(acc).sum(1) * (mod.out_channels // mod.groups)
+    return _rows(hits).to(acc).sum(1, keepdim=True) * (mod.out_channels // mod.groups)
 
 
 def _check_batch_size(batch_size: Any) -> int:
@@ -285,7 +345,7 @@ def spike_stats(model: nn.Module, images: Any, labels: Any = None, *, batch_size
         n = len(images) if hasattr(images, "__len__") else 0
         labels = torch.zeros(n, dtype=torch.long)
     images, labels = evaluation.check_images(images, labels)
-    counter = _Counter(model, _spiking_predicate(spiking_modules, model))
+    counter = OperationCounter(model, spiking_modules)
     if not counter.spiking:
         raise ConfigError("the model has no spiking layers: no spiketide.neuron.LIF module; name the spiking "
                           "modules of other libraries with spiking_modules=")
@@ -308,7 +368,7 @@ def spike_stats(model: nn.Module, images: Any, labels: Any = None, *, batch_size
     return _result(counter, T, len(images), energy)
 
 
-def _result(c: _Counter, T: int, n: int, energy: EnergyModel) -> dict[str, Any]:
+def _result(c: OperationCounter, T: int, n: int, energy: EnergyModel) -> dict[str, Any]:
     tot = c.totals
     rates = {name: (tot[(name, "spikes")] / tot[(name, "neurons")]).tolist()
              for name, _ in c.spiking if (name, "spikes") in tot}

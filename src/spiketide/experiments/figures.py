@@ -124,8 +124,9 @@ def alpha_figure(results: Results, title: str) -> Figure:
             _band(axes[0], np.arange(1, len(tr[0]) + 1), tr, label, f"C{i}")
         hl = [r.metrics[-1]["horizon_loss"] for r in runs]
         _band(axes[1], np.arange(1, len(hl[0]) + 1), hl, label, f"C{i}")
-        acc = [[m["test_acc"] for m in r.metrics] for r in runs]
-        _band(axes[2], np.arange(len(acc[0]), dtype=float), acc, label, f"C{i}")
+        tested = [m["epoch"] for m in runs[0].metrics if m["test_acc"] is not None]  # --eval-every leaves gaps
+        acc = [[m["test_acc"] for m in r.metrics if m["epoch"] in tested] for r in runs]
+        _band(axes[2], np.asarray(tested, dtype=float), acc, label, f"C{i}")
     axes[0].set(xlabel="timestep t", ylabel=r"$I_t$ at the end", yscale="log")
     axes[1].set(xlabel="horizon t", ylabel=r"training loss $L_t$ at the end", yscale="log")
     axes[2].set(xlabel="epoch", ylabel="test accuracy")

@@ -24,7 +24,7 @@ from typing import Any
 from spiketide import plots, progress
 from spiketide.errors import ConfigError
 from spiketide.experiments.figures import FIGURES
-from spiketide.experiments.suite import EXPERIMENTS, SCALES, resolve_names
+from spiketide.experiments.suite import EXPERIMENTS, SCALES, resolve_names, trial_seconds
 from spiketide.experiments.trials import RunResult, Trial, run_trial
 from spiketide.experiments.verdicts import format_mean_ci, judge, verdicts_table
 from spiketide.runs import RunDir, atomic_write_json, atomic_write_text
@@ -49,7 +49,9 @@ def plan(names: Sequence[str], scale: str, seeds: Sequence[int]) -> tuple[dict[s
                     trial.analyses.setdefault(analysis, params)
                 runs.setdefault(str(seed), {})[label] = trial.id
         specs[name] = {"experiment": name, "scale": scale, "seeds": list(seeds), "runs": runs}
-    return trials, specs
+    # Longest first, so that no long trial starts last and leaves the other workers idle at the end.
+    order = sorted(trials.values(), key=lambda t: -trial_seconds(scale, t.config, t.analyses))
+    return {t.id: t for t in order}, specs
 
 
 def _remote_trial(trial: Trial, root: str, threads: int) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from spiketide.errors import ConfigError
 from spiketide.experiments.trials import RunResult
 from spiketide.experiments.verdicts import Claim
 
-__all__ = ["SCALES", "EXPERIMENTS", "Experiment", "ClaimSpec", "base_config", "resolve_names"]
+__all__ = ["SCALES", "EXPERIMENTS", "Experiment", "ClaimSpec", "base_config", "resolve_names", "trial_seconds"]
 
 SCALES = ("smoke", "cpu", "paper")
 
@@ -25,22 +25,25 @@ _BASE = {
     "smoke": dict(model="convnet", dataset="fashion-mnist", subset=60, test_subset=60, augment=False, timesteps=4,
                   tau=2.0, epochs=3, batch_size=20, lr=0.1, fisher_every=1, fisher_samples=16, fisher_per_layer=True,
                   checkpoint_epochs=[0, 1, 2, 3], fast_lif=False),
-    "cpu": dict(model="convnet", dataset="fashion-mnist", subset=500, test_subset=500, augment=False, timesteps=6,
-                tau=2.0, epochs=60, batch_size=25, lr=0.1, fisher_every=5, fisher_samples=128, fisher_per_layer=True,
-                checkpoint_epochs=[1, 10, 20, 40, 60]),
+    # Half-width convnet: 500 images to a training loss near 0.05 in 60 epochs (IC 3.98 -> 2.27, measured),
+    # at a third of the full width's cost; test accuracy every 5 epochs (evaluation was a third of an epoch).
+    "cpu": dict(model="convnet", width=0.5, dataset="fashion-mnist", subset=500, test_subset=500, augment=False,
+                timesteps=6, tau=2.0, epochs=60, batch_size=25, lr=0.1, eval_every=5, fisher_every=5,
+                fisher_samples=128, fisher_per_layer=True, checkpoint_epochs=[1, 10, 20, 40, 60]),
     "paper": dict(model="resnet19", dataset="cifar10", timesteps=10, tau=2.0, epochs=300, batch_size=128, lr=0.3,
                   fisher_every=20, fisher_samples=1024, fisher_per_layer=True, checkpoint_epochs=[1, 20, 40, 140, 300]),
 }
 # Analysis sizes per scale: test images for robustness / deficits, PGD iterations, pruning rounds.
 _EVAL = {"smoke": dict(samples=40, pgd_iters=2), "cpu": dict(samples=500, pgd_iters=10),
          "paper": dict(samples=10000, pgd_iters=10)}
-# Seconds per epoch of one base trial, Fisher tracking and analyses included (measured: cpu, 12 Ray trials on 1 CPU
-# each, two at a time on the 2-core machine, 62 min in all; per-layer Fisher on 128 images every 5 epochs is about
-# half of it; paper: the H200 ResNet19 epoch in BENCHMARKS.md), scaled by epochs x T x model cost for --list.
-_EPOCH_SECONDS = {"smoke": 1.5, "cpu": 10.0, "paper": 24.6}
-# Relative cost of a model against the scale's base model (CPU: 1/8-width models against convnet, one step timed).
+# Seconds per epoch of one base trial, Fisher tracking included (cpu: the half-width convnet on 500 images, one
+# thread, two trials at a time on the 2-core machine; paper: the H200 ResNet19 epoch in BENCHMARKS.md), scaled by
+# epochs x T x model cost for --list and for scheduling the longest trials first.
+_EPOCH_SECONDS = {"smoke": 1.5, "cpu": 2.3, "paper": 24.6}
+# Relative cost of a model against the scale's base model (CPU: 1/16-width models against the half-width convnet,
+# epochs timed two at a time).
 _MODEL_COST = {"smoke": {"resnet19": 4.0, "resnet34": 5.0, "vgg16": 2.5},
-               "cpu": {"resnet19": 4.0, "resnet34": 5.0, "vgg16": 2.5, "alexnet": 1.0},
+               "cpu": {"resnet19": 2.6, "resnet34": 4.1, "vgg16": 1.35, "alexnet": 1.0},
                "paper": {"resnet34": 1.2, "vgg16": 0.6, "alexnet": 0.3}}
 
 
@@ -73,14 +76,17 @@ class Experiment:
 
     def hours(self, scale: str, seeds: int = 1) -> float:
         """Estimated trial-hours (one CPU per trial; GPU-hours at paper scale) from measured epoch times."""
-        total = 0.0
-        for label, over in self.runs(scale).items():
-            cfg = {**base_config(scale), **over}
-            prune = self.analyses(scale, label).get("prune")
-            epochs = cfg["epochs"] + (prune["retrain_epochs"] * prune["rounds"] * len(prune["t_retrain"]) if prune else 0)
-            total += (epochs * _EPOCH_SECONDS[scale] * _MODEL_COST[scale].get(cfg["model"], 1.0)
-                      * cfg["timesteps"] / base_config(scale)["timesteps"])
-        return seeds * total / 3600
+        return seeds * sum(trial_seconds(scale, {**base_config(scale), **over}, self.analyses(scale, label))
+                           for label, over in self.runs(scale).items()) / 3600
+
+
+def trial_seconds(scale: str, config: dict, analyses: dict) -> float:
+    """Estimated seconds of one trial: epochs (pruning's retraining included) x the scale's measured epoch time,
+    scaled by model cost and T."""
+    prune = analyses.get("prune")
+    epochs = config["epochs"] + (prune["retrain_epochs"] * prune["rounds"] * len(prune["t_retrain"]) if prune else 0)
+    return (epochs * _EPOCH_SECONDS[scale] * _MODEL_COST[scale].get(config["model"], 1.0)
+            * config["timesteps"] / base_config(scale)["timesteps"])
 
 
 # -- per-seed statistics over a run's results -----------------------------------------------------------------
@@ -207,7 +213,10 @@ _ROBUST = lambda scale, label: {"robustness": dict(_EVAL[scale])}  # noqa: E731
 _ALPHAS = {"paper": {"low": 1e-3, "intermediate": 1e-2, "high": 7e-2},
            "cpu": {"low": 0.02, "intermediate": 0.1, "high": 0.3},
            "smoke": {"low": 0.5, "intermediate": 1.0, "high": 2.0}}
-_ARCH_WIDTH = {"paper": 1.0, "cpu": 0.125, "smoke": 0.125}
+# 1/16 width: the paper's ResNets fit 500 images within the CPU budget (ResNet34 at 1/8 took 9 s per epoch).
+_ARCH_WIDTH = {"paper": 1.0, "cpu": 0.0625, "smoke": 0.125}
+# Fisher tracking of the deeper architectures every 10 epochs at CPU scale: their measurement costs 1.4 epochs.
+_ARCH_FISHER_EVERY = {"paper": 20, "cpu": 10, "smoke": 1}
 
 EXPERIMENTS: dict[str, Experiment] = {}
 
@@ -304,13 +313,17 @@ _ablation(
                   diff(peak_epoch_fraction, labels[0], peak_epoch_fraction, f"lr={base_config(scale)['lr']:g}")),),
     tic=False)
 
+# scikit-learn's digits (the second offline dataset) has 450 test images: all of them are used.
+_DATASET_OVERRIDES = {"digits": {"test_subset": None}}
+
 _ablation(
     "fig4-dataset", "Fig. 4(e): TIC on several datasets", "dataset",
-    lambda scale: {d: {"dataset": d} for d in _values(scale, ["fashion-mnist"], ["cifar10", "svhn", "fashion-mnist"])})
+    lambda scale: {d: {"dataset": d, **_DATASET_OVERRIDES.get(d, {})}
+                   for d in _values(scale, ["fashion-mnist", "digits"], ["cifar10", "svhn", "fashion-mnist"])})
 
 _ablation(
     "fig4-arch", "Fig. 4(f): TIC for AlexNet, ResNet19, ResNet34", "architecture",
-    lambda scale: {m: {"model": m, "width": _ARCH_WIDTH[scale]}
+    lambda scale: {m: {"model": m, "width": _ARCH_WIDTH[scale], "fisher_every": _ARCH_FISHER_EVERY[scale]}
                    for m in _values(scale, ["alexnet", "resnet19", "resnet34"], ["alexnet", "resnet19", "resnet34"],
                                     ["alexnet", "resnet34"])},
     lambda scale, labels: (
@@ -359,10 +372,10 @@ _add(Experiment(
 
 _add(Experiment(
     "fig7", "Fig. 7: accuracy against sparsity for several T_retrain, VGG16 and ResNet19",
-    runs=lambda scale: {m: {"model": m, "width": _ARCH_WIDTH[scale], "timesteps": 5}
+    runs=lambda scale: {m: {"model": m, "width": _ARCH_WIDTH[scale], "timesteps": 5, "fisher_every": 0}
                         for m in ("vgg16", "resnet19")},
     analyses=lambda scale, label: {"prune": {"rounds": {"paper": 5, "cpu": 3, "smoke": 1}[scale], "rate": 0.5,
-                                             "retrain_epochs": {"paper": 60, "cpu": 5, "smoke": 1}[scale],
+                                             "retrain_epochs": {"paper": 60, "cpu": 2, "smoke": 1}[scale],
                                              "t_retrain": [2, 3, 5] if scale != "smoke" else [2, 5]}},
     claims=lambda scale: tuple(
         c for m in ("vgg16", "resnet19") for c in (
@@ -376,10 +389,13 @@ _add(Experiment(
                       diff(lambda r: pruned_acc(r, 5), m, lambda r: pruned_acc(r, 2), m)))),
     figure="pruning"))
 
+# Accuracy only, no Fisher: at CPU scale 15 epochs, a budget the accuracy comparison across T shares.
+_PILOT_EPOCHS = {"paper": {}, "cpu": {"epochs": 15}, "smoke": {}}
+
 _add(Experiment(
     "pilot-timesteps", "Pilot: accuracy against T for a high- and a low-capacity model",
     runs=lambda scale: {f"{m}-T={t}": {"model": m, "width": _ARCH_WIDTH[scale], "timesteps": t, "fisher_every": 0,
-                                       "checkpoint_epochs": []}
+                                       "checkpoint_epochs": [], **_PILOT_EPOCHS[scale]}
                         for m in ("resnet19", "alexnet") for t in _values(scale, [2, 4, 8], [2, 4, 8], [2, 4])},
     claims=lambda scale: (
         ClaimSpec(Claim("resnet19-saturates-4", "ResNet19 saturates at T = 4 (T = 8 within 1 point)",
