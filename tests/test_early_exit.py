@@ -14,6 +14,7 @@ from spiketide import early_exit as ee
 from spiketide.errors import ConfigError, ModelOutputError
 from spiketide.neuron import LIF, lif_step
 from spiketide.stats import EnergyModel, spike_stats
+from conftest import train_tiny_run
 
 T = 4
 
@@ -274,9 +275,7 @@ def test_summary_names_the_energy_saved_by_the_chosen_threshold():
 
 def test_early_exit_command_reports_operations(tmp_path, capsys):
     run = tmp_path / "run"
-    assert cli.main(["train", "--model", "convnet", "--dataset", "fashion-mnist", "--subset", "20", "--test-subset",
-                     "20", "-T", "2", "--epochs", "1", "-b", "20", "--no-compile", "--no-progress",
-                     "--out", str(run)]) == 0
+    train_tiny_run(run)
     capsys.readouterr()
     assert cli.main(["early-exit", str(run), "--samples", "10", "--fisher-samples", "4", "--batch-size", "4",
                      "--e-ac", "1.0", "--thresholds", "0,0.9,1", "--no-progress"]) == 0

@@ -15,6 +15,7 @@ from spiketide import cli
 from spiketide.errors import ConfigError
 from spiketide.neuron import LIF, lif_step
 from spiketide.stats import EnergyModel, _events_times_fanout, spike_stats, stats_figure, summarize
+from conftest import train_tiny_run
 
 T = 2
 # Two 2x2 images, flattened [x0, x1, x2, x3]. fc1 gives currents (4 x0, 3 x1, 0).
@@ -187,9 +188,7 @@ def test_bad_inputs():
 
 def test_stats_command(tmp_path, capsys):
     run = tmp_path / "run"
-    assert cli.main(["train", "--model", "convnet", "--dataset", "fashion-mnist", "--subset", "20", "--test-subset",
-                     "20", "-T", "2", "--epochs", "1", "-b", "20", "--no-compile", "--no-progress",
-                     "--out", str(run)]) == 0
+    train_tiny_run(run)
     capsys.readouterr()
     assert cli.main(["stats", str(run), "--samples", "10", "--batch-size", "4", "--e-ac", "1.0", "--no-progress"]) == 0
     out = capsys.readouterr().out
