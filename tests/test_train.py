@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from spiketide.errors import ConfigError, TrainingDiverged
+from spiketide.errors import CheckpointError, ConfigError, TrainingDiverged
 from spiketide.runs import RunDir, load_checkpoint
 from spiketide.train import Callback, TrainConfig, Trainer, load_model, train
 
@@ -258,3 +258,32 @@ def test_ddp_loss_is_the_global_batch_mean(tmp_path):
         assert res[name][0] == pytest.approx(loss.item(), rel=1e-5), name
         torch.testing.assert_close(torch.tensor(res[name][1], dtype=torch.float64), lin.weight.grad, rtol=1e-5, atol=1e-7)
     assert res["bn"]  # statistics in float32 under bf16 inputs, and those of the global batch
+
+
+class _Wrapped(torch.nn.Module):
+    """A model built in Python, outside spiketide's registry (as with adapters.Stateless)."""
+
+    def __init__(self):
+        super().__init__()
+        from spiketide.models import create
+
+        self.inner = create("convnet", num_classes=10, timesteps=2, in_channels=1, image_size=28, fast_lif=False)
+        self.timesteps = 2
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_a_python_built_model_is_refused_by_load_model_in_one_line(tmp_path, capsys):
+    from spiketide import cli
+
+    train_config = tiny(tmp_path, epochs=1)
+    Trainer(train_config, model=_Wrapped()).fit()
+    run = RunDir(tmp_path / "run")
+    assert json.loads(run.config_path.read_text())["model_class"].endswith("test_train._Wrapped")
+    with pytest.raises(CheckpointError, match=r"built in Python \(.*_Wrapped\)"):
+        load_model(run.checkpoint_path())
+    capsys.readouterr()
+    assert cli.main(["robustness", str(run.path), "--samples", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "built in Python" in err and len(err.splitlines()) == 1

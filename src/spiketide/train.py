@@ -156,9 +156,18 @@ def build_model(config: TrainConfig) -> nn.Module:
                          encoding_seed=config.seed)
 
 
+def _class_path(model: nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict]:
     """Rebuild a model from a checkpoint (config inside it), weights loaded; returns (model, config, state)."""
     state = load_checkpoint(checkpoint, map_location=device)
+    built = state.get("model_class") or ""
+    if built and not built.startswith("spiketide.models."):
+        raise CheckpointError(f"{checkpoint} holds a model built in Python ({built}), not one of spiketide's models, "
+                              "so it cannot be rebuilt from its config; rebuild it with that class and load "
+                              "spiketide.runs.load_checkpoint(path)['model'] into it")
     config = TrainConfig.from_dict(state["config"])
     model = build_model(config)
     sd = state["model"]
@@ -310,6 +319,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "timesteps": int(getattr(self.model, "timesteps", self.config.timesteps)),
+            "model_class": _class_path(self.model),
             "config": self.config.to_dict(),
             "rng": {"torch": torch.get_rng_state(), "data": self.generator.get_state(),
                     **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})},
@@ -343,7 +353,8 @@ class Trainer:
 
     # -- run --
     def _config_record(self) -> dict:
-        return {**self.config.to_dict(), **self.extra_config, "spiketide_version": __version__,
+        return {**self.config.to_dict(), "model_class": _class_path(self.model), **self.extra_config,
+                "spiketide_version": __version__,
                 "git_commit": git_commit(), "torch_version": torch.__version__, "python": sys.version.split()[0],
                 "platform": platform.platform(), "device_resolved": str(self.device), "world_size": self.world,
                 "train_size": len(self.train_set), "test_size": len(self.test_set)}
