@@ -404,3 +404,22 @@ def test_readme_snntorch_example_runs_and_equals_spiketide_lif():
     want = temporal_fisher(reference, images, labels)
     assert profile.trace.shape == (6,) and bool((want.trace > 0).all())
     torch.testing.assert_close(profile.trace, want.trace, rtol=1e-6, atol=0)
+
+
+def test_snntorch_tic_example_trains_and_tracks_fisher(tmp_path):
+    """examples/snntorch_tic.py, shortened: spiketide's Trainer on a real snnTorch model, Fisher tracked."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "examples" / "snntorch_tic.py"
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, str(script), "--out", str(out), "--epochs", "2"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    fisher = [r["fisher"] for r in rows if r.get("fisher")]
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and len(fisher) == 2  # at epoch 0 and at the end
+    assert len(fisher[-1]["trace"]) == 6 and "IC" in done.stdout
+    assert json.loads((out / "config.json").read_text())["model_class"] == "spiketide.adapters.Stateless"
