@@ -361,11 +361,11 @@ def cmd_robustness(args, ckpts: list[Path], out_dir: Path) -> int:
 
 
 def cmd_early_exit(args, ckpts: list[Path], out_dir: Path) -> int:
-    from spiketide import data, early_exit, stats
+    from spiketide import data, early_exit
     from spiketide.fisher import temporal_fisher
     from spiketide.train import select_device
 
-    energy = stats.EnergyModel(e_ac_pj=args.e_ac, e_mac_pj=args.e_mac)  # bad constants fail before any loading
+    energy = _energy_model(args)  # bad constants fail before any loading
     device, ckpt = select_device(args.device), ckpts[-1]
     model, config, state, ds = _load_with_data(ckpt, args, "test", args.samples, device)
     curve = early_exit.exit_curve(model, ds.images, ds.labels, thresholds=args.thresholds, batch_size=args.batch_size,
@@ -383,7 +383,7 @@ def cmd_stats(args, ckpts: list[Path], out_dir: Path) -> int:
     from spiketide import stats
     from spiketide.train import select_device
 
-    energy = stats.EnergyModel(e_ac_pj=args.e_ac, e_mac_pj=args.e_mac)  # bad constants fail before any loading
+    energy = _energy_model(args)  # bad constants fail before any loading
     device, ckpt = select_device(args.device), ckpts[-1]
     model, config, state, ds = _load_with_data(ckpt, args, "test", args.samples, device)
     result = stats.spike_stats(model, ds.images, ds.labels, batch_size=args.batch_size, progress=args.progress,
@@ -430,6 +430,13 @@ def _add_energy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--e-ac", type=float, default=0.9,
                    help="pJ per accumulate (default %(default)s: 45 nm, Horowitz 2014)")
     p.add_argument("--e-mac", type=float, default=4.6, help="pJ per multiply-accumulate (default %(default)s)")
+
+
+def _energy_model(args):
+    """The `stats.EnergyModel` of `_add_energy_options`' constants (it refuses negative or NaN ones)."""
+    from spiketide import stats
+
+    return stats.EnergyModel(e_ac_pj=args.e_ac, e_mac_pj=args.e_mac)
 
 
 def add_analysis_commands(sub) -> None:
