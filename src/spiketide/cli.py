@@ -544,7 +544,7 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from spiketide.experiments.reproduce import write_reports
+    from spiketide.experiments.report import write_reports
 
     print(f"report: {write_reports(args.out)}")
     return 0

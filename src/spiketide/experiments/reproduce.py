@@ -14,20 +14,18 @@ report from the run directories without training.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from spiketide import plots, progress
+from spiketide import progress
 from spiketide.errors import ConfigError
-from spiketide.experiments.figures import FIGURES
+from spiketide.experiments.report import failure_path, write_reports
 from spiketide.experiments.suite import EXPERIMENTS, SCALES, resolve_names, trial_seconds
 from spiketide.experiments.trials import RunResult, Trial, run_trial
-from spiketide.experiments.verdicts import format_mean_ci, judge, verdicts_table
-from spiketide.runs import RunDir, atomic_write_json, atomic_write_text
+from spiketide.runs import atomic_write_json
 
 __all__ = ["plan", "schedule", "reproduce", "write_reports", "list_experiments"]
 
@@ -98,87 +96,16 @@ def schedule(trials: dict[str, Trial], root: str | os.PathLike, *, workers: int 
             log = trials[i].run_dir(root) / "trial.log"
             if "error" in out:
                 out["log"] = str(log)
-                atomic_write_json(_failure(root, i), out)
+                atomic_write_json(failure_path(root, i), out)
                 line = f"FAILED {i}: {out['error']} (log: {log})"
             else:
-                _failure(root, i).unlink(missing_ok=True)
+                failure_path(root, i).unlink(missing_ok=True)
                 line = (f"done {i}: test acc {out['test_acc']:.3f}, train loss {out['train_loss']:.4f}, "
                         f"{out['seconds']:.0f} s")
             outcomes[i] = out
             bar.write(f"[{len(outcomes)}/{len(trials)}, {time.monotonic() - start:.0f} s] {line}")
             bar.update(1)
     return outcomes
-
-
-def _failure(root: Path, trial: str) -> Path:
-    """Where a failed trial's error is kept (outside its run directory, which may be what failed)."""
-    return root / "failed" / f"{trial}.json"
-
-
-def _results(root: Path, spec: dict) -> dict[int, dict[str, RunResult | None]]:
-    return {int(seed): {label: RunResult(root / "runs" / tid) if RunDir(root / "runs" / tid).exists() else None
-                        for label, tid in labels.items()}
-            for seed, labels in spec["runs"].items()}
-
-
-def _missing(root: Path, spec: dict) -> list[str]:
-    """One line per run the report could not use, with why."""
-    lines = []
-    for seed, labels in spec["runs"].items():
-        for label, tid in labels.items():
-            failed = _failure(root, tid)
-            result = RunResult(root / "runs" / tid)
-            if failed.is_file():
-                f = json.loads(failed.read_text())
-                lines.append(f"seed {seed}, {label}: failed: {f.get('error')} (log: {f.get('log')})")
-            elif not result.trained:
-                lines.append(f"seed {seed}, {label}: not finished (runs/{tid})")
-    return lines
-
-
-def write_reports(root: str | os.PathLike) -> Path:
-    """Rebuild `<exp>/report.md` (+ figure) for every experiment in `root` and `REPORT.md`; trains nothing."""
-    root = Path(root)
-    specs = sorted(root.glob("*/spec.json"))
-    if not specs:
-        raise ConfigError(f"{root} holds no experiments (no */spec.json); run `spiketide reproduce NAME --out {root}`")
-    overview = []
-    for path in specs:
-        try:
-            spec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path} is not valid JSON ({exc}); rerun `spiketide reproduce` to rewrite it") from None
-        exp = EXPERIMENTS.get(spec["experiment"])
-        if exp is None:
-            continue
-        results = _results(root, spec)
-        verdicts = [judge(c.claim, [c.statistic(results[s]) for s in sorted(results)]) for c in exp.claims(spec["scale"])]
-        figs = plots.save(FIGURES[exp.figure](results, exp.title), path.parent / exp.name)
-        missing = _missing(root, spec)
-        seeds = ", ".join(map(str, spec["seeds"]))
-        runs_table = "\n".join(
-            [f"| label | {' | '.join(f'seed {s}' for s in spec['runs'])} |", "|---|" + "---|" * len(spec["runs"])]
-            + [f"| {label} | " + " | ".join(f"[{spec['runs'][s][label]}](../runs/{spec['runs'][s][label]})"
-                                            for s in spec["runs"]) + " |" for label in next(iter(spec["runs"].values()))])
-        body = [f"# {exp.name}: {exp.title}", "",
-                f"Scale `{spec['scale']}`, seeds {seeds}. Verdicts are computed from the run directories below by "
-                "the rule and test stated in each row; a missing run is reported, never filled in.", "",
-                verdicts_table(verdicts), "", f"![{exp.name}]({figs[0].name})", ""]
-        if missing:
-            body += ["Missing runs:", *[f"- {m}" for m in missing], ""]
-        body += ["Runs:", "", runs_table, ""]
-        atomic_write_text(path.parent / "report.md", "\n".join(body))
-        overview += [(exp.name, v) for v in verdicts]
-    lines = ["# Reproduction report", "",
-             "Each row is one claim of the paper, its statistic per seed and the verdict computed from them; "
-             "see each experiment's report.md for its runs and figure.", "",
-             "| experiment | claim | paper | ours (mean ± 95% CI, n) | verdict | figure |", "|---|---|---|---|---|---|"]
-    for name, v in overview:
-        lines.append(f"| [{name}]({name}/report.md) | {v.claim.text} | {v.claim.paper} | {format_mean_ci(v)} | "
-                     f"**{v.verdict}** | [png]({name}/{name}.png) |")
-    report = root / "REPORT.md"
-    atomic_write_text(report, "\n".join(lines) + "\n")
-    return report
 
 
 def reproduce(names: Sequence[str], scale: str, seeds: Sequence[int], out: str | os.PathLike, **schedule_options
