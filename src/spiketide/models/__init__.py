@@ -12,7 +12,7 @@ from spiketide.errors import ConfigError
 from spiketide.models.base import ENCODINGS, SpikingModel, fold
 from spiketide.neuron import LIF
 
-__all__ = ["create", "register", "available", "SpikingModel", "fold", "ENCODINGS"]
+__all__ = ["create", "register", "available", "block_names", "SpikingModel", "fold", "ENCODINGS"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -29,6 +29,11 @@ def register(name: str):
 
 def available() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def block_names(name: str) -> tuple[str, ...]:
+    """The names of a registered model's blocks (the keys of its per-layer Fisher information), first to last."""
+    return tuple(getattr(_REGISTRY[name], "block_names", ()))
 
 
 def create(name: str, *, num_classes: int, timesteps: int, tau: float = 2.0, in_channels: int = 3,
