@@ -1,18 +1,25 @@
-"""spiketide.adapters.Stateless: stateful SpikingJelly- and snnTorch-style models measured exactly like
-hand-written stateless equivalents. snnTorch itself (1.0.0, in the `test` extra) is tested at the end, the README's
-snnTorch example included: it is imported directly, so a missing snnTorch fails these tests instead of skipping them.
-SpikingJelly cannot be a test dependency (its metadata requires torchvision and torchaudio): its tests run on models
-written in its style."""
+"""spiketide.adapters.Stateless: stateful SpikingJelly-, snnTorch- and Norse-style models measured exactly like
+hand-written stateless equivalents, then against the real packages: snnTorch 1.0.0, SpikingJelly 2.0.0 and Norse
+1.1.0 (the test install puts all three in; SpikingJelly and Norse without their declared dependencies, see the
+README's Install), each wrapped model's I_t against an independent brute-force Eq. 6 in float64, and the README's
+examples run as written. The packages are imported directly: a missing one fails these tests instead of skipping
+them."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import norse.torch as norse
 import pytest
 import snntorch as snn
 import torch
+from norse.torch.functional.threshold import threshold
 from snntorch import utils as snn_utils
+from spikingjelly.activation_based import functional as sj_functional
+from spikingjelly.activation_based import layer as sj_layer
+from spikingjelly.activation_based import neuron as sj_neuron
+from spikingjelly.activation_based import surrogate as sj_surrogate
 from torch import nn
 
 from spiketide import neuron, robustness
@@ -423,3 +430,307 @@ def test_snntorch_tic_example_trains_and_tracks_fisher(tmp_path):
     assert [r["epoch"] for r in rows] == [0, 1, 2] and len(fisher) == 2  # at epoch 0 and at the end
     assert len(fisher[-1]["trace"]) == 6 and "IC" in done.stdout
     assert json.loads((out / "config.json").read_text())["model_class"] == "spiketide.adapters.Stateless"
+
+
+# --- SpikingJelly 2.0.0 and Norse 1.1.0 themselves -------------------------------------------------------------
+# Each wrapped model's I_t is checked against Eq. 6 written out below, on the network run by the library's own loop
+# (no Stateless, no spiketide.fisher): I_t = (1/N) sum_n ||grad_theta log softmax(mean_{s<=t} o_s(x_n))[y_n]||^2.
+
+def brute_force_eq6(run, net, x, y):
+    """Eq. 6, one sample and one horizon at a time; `run(x) -> [T, b, C]` is the library's own loop over time.
+    In eval mode (BatchNorm running statistics), as temporal_fisher measures."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    was = net.training
+    net.eval()
+    try:
+        steps = len(run(x[:1]))
+        trace = torch.zeros(steps, dtype=torch.float64)
+        for n in range(len(x)):
+            for t in range(1, steps + 1):
+                horizon = run(x[n:n + 1])[:t].mean(0)
+                lp = torch.log_softmax(horizon, -1)[0, y[n]]
+                grads = torch.autograd.grad(lp, params, allow_unused=True)
+                trace[t - 1] += sum(g.double().pow(2).sum() for g in grads if g is not None)
+    finally:
+        net.train(was)
+    return trace / len(x)
+
+
+def _scaled(*pairs):
+    with torch.no_grad():  # so that every spiking layer fires on pixels in [0, 1]
+        for lin, factor in pairs:
+            lin.weight.mul_(factor)
+
+
+def _sj_lif():
+    return sj_neuron.LIFNode(tau=TAU, surrogate_function=sj_surrogate.ATan(), detach_reset=True)
+
+
+def sj_real(step_mode="s", conv=False):
+    """SpikingJelly 2.0.0: Linear-LIF-Linear-LIF-Linear, or Conv2d-BatchNorm2d-LIF-Linear-LIF-Linear; float64."""
+    torch.manual_seed(5)
+    if conv:
+        net = nn.Sequential(sj_layer.Conv2d(1, 4, 3, padding=1), sj_layer.BatchNorm2d(4), _sj_lif(), sj_layer.Flatten(),
+                            sj_layer.Linear(4 * 16, H), _sj_lif(), sj_layer.Linear(H, C))
+        with torch.no_grad():
+            net[1].running_mean.uniform_(-0.2, 0.2)
+            net[1].running_var.uniform_(0.5, 2.0)
+            net[1].weight.uniform_(0.5, 1.5)
+        _scaled((net[0], 6), (net[4], 10))
+    else:
+        net = nn.Sequential(sj_layer.Flatten(), sj_layer.Linear(D, H), _sj_lif(), sj_layer.Linear(H, H), _sj_lif(),
+                            sj_layer.Linear(H, C))
+        _scaled((net[1], 6), (net[3], 9))
+    net = net.double()
+    if step_mode == "m":
+        sj_functional.set_step_mode(net, "m")
+    return net
+
+
+def sj_loop(net, steps=T):
+    """SpikingJelly's own way: reset_net, T single-step calls (or one multi-step call on [T, B, ...]), reset_net."""
+    def run(x):
+        sj_functional.reset_net(net)
+        multi = net[-1].step_mode == "m"
+        out = net(x.unsqueeze(0).repeat(steps, *[1] * x.dim())) if multi else torch.stack([net(x) for _ in range(steps)])
+        sj_functional.reset_net(net)
+        return out
+    return run
+
+
+def _box():
+    """Norse's LIF without a current term; dt * tau_mem_inv = 1 / tau makes its Euler step Eq. 1."""
+    return norse.LIFBoxCell(norse.LIFBoxParameters(tau_mem_inv=torch.tensor(1 / TAU)), dt=1.0)
+
+
+def norse_sequential():
+    """Norse 1.1.0: SequentialState of LIFBoxCells, net(x, state) -> (out, list of states)."""
+    torch.manual_seed(6)
+    net = norse.SequentialState(nn.Flatten(), nn.Linear(D, H), _box(), nn.Linear(H, H), _box(), nn.Linear(H, C))
+    _scaled((net[1], 6), (net[3], 4))
+    return net.double()
+
+
+class NorseOwn(nn.Module):
+    """A Norse model written by hand, as Norse's tutorials do: the state a tuple of the cells' states, threaded
+    through forward; a leaky-integrator readout (LICell), so the logits carry state too."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.fc1, self.lif1, self.fc2, self.lif2 = nn.Linear(D, H), _box(), nn.Linear(H, H), _box()
+        self.fc3 = nn.Linear(H, C)
+        self.li = norse.LICell(norse.LIParameters(tau_syn_inv=torch.tensor(0.5), tau_mem_inv=torch.tensor(0.5)), dt=1.0)
+        _scaled((self.fc1, 6), (self.fc2, 9))
+
+    def forward(self, x, state=None):
+        s1, s2, s3 = (None, None, None) if state is None else state
+        z1, s1 = self.lif1(self.fc1(x.flatten(1)), s1)
+        z2, s2 = self.lif2(self.fc2(z1), s2)
+        v, s3 = self.li(self.fc3(z2), s3)
+        return v, (s1, s2, s3)
+
+
+def norse_multistep():
+    """Norse's multi-step LIF module (current-based) over [T, B, ...]: net(seq) -> (out [T, B, C], end state)."""
+    torch.manual_seed(8)
+    p = norse.LIFParameters(tau_syn_inv=torch.tensor(0.8), tau_mem_inv=torch.tensor(0.5))
+    net = norse.SequentialState(nn.Flatten(2), nn.Linear(D, H), norse.LIF(p, dt=1.0), nn.Linear(H, C))
+    _scaled((net[1], 6))
+    return net.double()
+
+
+def norse_loop(net, steps=T):
+    """Norse's own way: the state starts as None and goes from each step into the next."""
+    def run(x):
+        state, outs = None, []
+        for _ in range(steps):
+            out, state = net(x, state)
+            outs.append(out)
+        return torch.stack(outs)
+    return run
+
+
+def norse_sequence(net):
+    def run(x):
+        return net(x.unsqueeze(0).repeat(T, *[1] * x.dim()))[0]
+    return run
+
+
+def spike_rates(net, kinds, run, x):
+    """Mean output of each spiking module (element 0 of Norse's (z, state)) over one no-grad run, in eval mode."""
+    rates = {}
+
+    def hook(m, args, out):
+        rates.setdefault(id(m), []).append(float((out[0] if isinstance(out, tuple) else out).mean()))
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, kinds)]
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            run(x)
+    finally:
+        net.train(was)
+        for h in handles:
+            h.remove()
+    return [sum(r) / len(r) for r in rates.values()]
+
+
+REAL = {  # name: (network, the library's own loop, Stateless of it, spiking module types)
+    "spikingjelly-step": (sj_real, sj_loop, lambda net: Stateless(net, T), sj_neuron.LIFNode),
+    "spikingjelly-step-reset_net": (sj_real, sj_loop, lambda net: Stateless(net, T, reset=sj_functional.reset_net),
+                                    sj_neuron.LIFNode),
+    "spikingjelly-multistep": (lambda: sj_real("m"), sj_loop, lambda net: Stateless(net, T, mode="multistep"),
+                               sj_neuron.LIFNode),
+    "spikingjelly-conv-bn-multistep": (lambda: sj_real("m", conv=True), sj_loop,
+                                       lambda net: Stateless(net, T, mode="multistep"), sj_neuron.LIFNode),
+    "norse-SequentialState": (norse_sequential, norse_loop, lambda net: Stateless(net, T), norse.LIFBoxCell),
+    "norse-own-module": (lambda: NorseOwn().double(), norse_loop, lambda net: Stateless(net, T, state=True),
+                         norse.LIFBoxCell),
+    "norse-multistep-LIF": (norse_multistep, norse_sequence, lambda net: Stateless(net, T, mode="multistep"),
+                            norse.LIF),
+}
+
+
+@pytest.mark.parametrize("case", REAL)
+def test_real_library_models_give_eq6_exactly(case):
+    make, loop, wrap, kinds = REAL[case]
+    net = make().eval()  # BatchNorm's running statistics: outputs that do not depend on the batch
+    run, adapted = loop(net), wrap(net)
+    x, y = data()
+    rates = spike_rates(net, kinds, run, x)
+    assert rates and all(0.05 < r < 0.95 for r in rates), rates  # every spiking layer fires, and resets
+    out = adapted(x)
+    assert out.dtype == torch.float64 and out.shape == (T, 6, C)
+    with torch.no_grad():
+        torch.testing.assert_close(out, run(x), rtol=0, atol=0)
+    torch.testing.assert_close(adapted(x), out, rtol=0, atol=0)  # a second call: no state survives
+    torch.testing.assert_close(adapted(x[:4]), out[:, :4], rtol=0, atol=0)  # another batch size
+    torch.testing.assert_close(adapted(x.unsqueeze(0).expand(T, *x.shape)), out, rtol=0, atol=0)  # [T, B, ...]
+    got = temporal_fisher(adapted, x, y, batch_size=4)
+    want = brute_force_eq6(run, net, x, y)
+    assert bool((want > 0).all()) and not torch.allclose(want, want[0].expand(T))  # I_t depends on t
+    torch.testing.assert_close(got.trace, want, rtol=1e-10, atol=0)
+
+
+def test_norse_state_is_threaded_never_dropped():
+    """The issue's path: a Norse model whose state cannot go back is refused (never run with its state dropped);
+    dropping it on purpose (state=False) gives the same output at every step, far from the threaded run."""
+    net = norse_sequential()
+    x, _ = data()
+    threaded = Stateless(net, T)(x)
+
+    class Forgetful(nn.Module):  # forward takes no state: each call would start from a fresh state
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)
+
+    with pytest.raises(ConfigError, match="can be reset.*state argument"):
+        Stateless(Forgetful(), T)
+    for kwargs in ({"reset": lambda m: None}, {"reset": lambda m: None, "output": 0},
+                   {"reset": lambda m: None, "output": lambda out: out[0]}):
+        with pytest.raises(ModelOutputError, match=r"\(Tensor, list\).*takes no state"):
+            Stateless(Forgetful(), T, **kwargs)(x)
+    with pytest.raises(ModelOutputError, match="element 1 is the state"):
+        Stateless(net, T, output="membrane")(x)
+    with pytest.raises(ConfigError, match="state=True"):
+        Stateless(sj_real(), T, state=True)
+    dropped = Stateless(net, T, state=False, reset=lambda m: None, output=0)(x)  # explicitly asked for
+    torch.testing.assert_close(dropped, dropped[0].expand_as(dropped), rtol=0, atol=0)
+    assert (dropped - threaded).abs().max() > 0.1
+
+    class NoState(nn.Module):  # takes a state argument but returns a bare tensor, and nothing can be reset
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(D, C)
+
+        def forward(self, x, state=None):
+            return self.fc(x.flatten(1))
+
+    with pytest.raises(ModelOutputError, match="not \\(output, state\\)"):
+        Stateless(NoState().double(), T)(x)
+
+
+def test_norse_lifbox_forward_is_spiketide_lif():
+    """LIFBoxCell with dt * tau_mem_inv = 1 / tau: spiketide's LIF forward, except exactly at the threshold, where
+    Norse does not spike (v > theta) and spiketide does (v >= theta). Its gradients differ: SuperSpike surrogate,
+    1 / (1 + |x|)^2 in Norse 1.1.0, and a reset that is not detached."""
+    g = torch.Generator().manual_seed(9)
+    cur = 2 * torch.rand(T, 50, 7, generator=g, dtype=torch.float64)
+    cell, state, spikes = _box(), None, []
+    for c in cur:
+        z, state = cell(c, state)
+        spikes.append(z)
+    ours = neuron.LIF(tau=TAU, fast=False)(cur)
+    assert 0.1 < float(ours.mean()) < 0.9
+    torch.testing.assert_close(torch.stack(spikes), ours, rtol=0, atol=0)
+    at_threshold = torch.full((1, 1), 2.0, dtype=torch.float64)  # u_1 = 2 / tau = 1 = theta exactly
+    with torch.no_grad():
+        assert cell(at_threshold)[0].item() == 0.0 and neuron.LIF(tau=TAU, fast=False)(at_threshold[None]).item() == 1.0
+    v = torch.tensor([-2.0, -0.5, 0.0, 0.5, 2.0], dtype=torch.float64, requires_grad=True)
+    threshold(v, "super", 100.0).sum().backward()
+    torch.testing.assert_close(v.grad, 1 / (1 + v.detach().abs()) ** 2)
+
+
+def _pixels(n=8):
+    g = torch.Generator().manual_seed(4)
+    return 3 * torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+class LIFReference(nn.Module):
+    """fc1 -> spiketide LIF -> fc2 of the README examples, written stateless: logits at every step."""
+
+    def __init__(self, fc1, fc2, tau):
+        super().__init__()
+        self.fc1, self.fc2, self.lif = fc1, fc2, neuron.LIF(tau=tau, fast=False)
+
+    def forward(self, x):
+        cur = self.fc1(x.flatten(1))
+        return self.fc2(self.lif(cur.expand(6, *cur.shape)))
+
+
+def test_readme_spikingjelly_example_runs_and_equals_spiketide_lif():
+    """The README's SpikingJelly example, run as written (float32): spiketide's LIF forward and gradients, so the
+    same I_t as the network written with spiketide's LIF; and Eq. 6 brute force on SpikingJelly's own loop."""
+    images, labels = _pixels()
+    torch.manual_seed(0)
+    scope = {"images": images, "labels": labels}
+    exec(compile(readme_example("from spikingjelly.activation_based import"), "README.md", "exec"), scope)
+    model, profile, net = scope["model"], scope["profile"], scope["net"]
+    assert isinstance(model, Stateless) and model.timesteps == 6
+    reference = LIFReference(net[1], net[3], net[2].tau)
+    with torch.no_grad():
+        rate = reference.lif(net[1](images.flatten(1)).expand(6, 8, 100)).mean().item()
+    assert 0.1 < rate < 0.5
+    out = model(images)
+    torch.testing.assert_close(out, reference(images), rtol=0, atol=0)
+    torch.testing.assert_close(model(images), out, rtol=0, atol=0)
+    want = temporal_fisher(reference, images, labels)
+    assert profile.trace.shape == (6,) and bool((want.trace > 0).all())
+    torch.testing.assert_close(profile.trace, want.trace, rtol=1e-5, atol=0)
+    torch.testing.assert_close(profile.trace, brute_force_eq6(sj_loop(net, 6), net, images, labels), rtol=1e-4, atol=0)
+
+
+def test_readme_norse_example_runs_threads_the_state_and_gives_eq6():
+    """The README's Norse example, run as written (float32): spiketide's LIF forward (no input lands exactly on the
+    threshold here), and I_t equal to Eq. 6 brute force on Norse's own state-threading loop."""
+    images, labels = _pixels()
+    torch.manual_seed(0)
+    scope = {"images": images, "labels": labels}
+    exec(compile(readme_example("import torch, norse.torch as norse"), "README.md", "exec"), scope)
+    model, profile, net = scope["model"], scope["profile"], scope["net"]
+    assert isinstance(model, Stateless) and model.timesteps == 6 and isinstance(net[2], norse.LIFBoxCell)
+    reference = LIFReference(net[1], net[3], scope["tau"])
+    out = model(images)
+    assert out.shape == (6, 8, 10)
+    torch.testing.assert_close(out, reference(images))  # float32: Norse's Euler step rounds differently
+    with torch.no_grad():
+        cur = net[1](images.flatten(1))
+        assert 0.1 < float(reference.lif(cur.expand(6, *cur.shape)).mean()) < 0.5
+    want = brute_force_eq6(norse_loop(net, 6), net, images, labels)
+    assert bool((want > 0).all())
+    torch.testing.assert_close(profile.trace, want, rtol=1e-4, atol=0)

@@ -1,13 +1,19 @@
-"""Models from other SNN libraries (SpikingJelly, snnTorch) as the stateless models spiketide measures.
+"""Models from other SNN libraries (SpikingJelly, snnTorch, Norse) as the stateless models spiketide measures.
 
 `temporal_fisher`, `robustness.evaluate` and the time-window deficits need a model that maps a batch
-`[B, ...]` to per-timestep logits `[T, B, C]` and keeps no state between calls. SpikingJelly and snnTorch
-neurons keep their membrane potential between calls; `Stateless` resets it and runs the loop over T.
-Neither library is imported: resetting goes through method names (see `find_resets`).
+`[B, ...]` to per-timestep logits `[T, B, C]` and keeps no state between calls. `Stateless` runs the loop
+over T and makes sure that no state is kept or lost, in the two ways SNN libraries keep it:
+
+* inside the neurons (SpikingJelly, snnTorch `init_hidden=True`): cleared before and after every call through
+  method names (see `find_resets`), so neither library is imported;
+* passed in and out of every step (Norse: `cell(x, state) -> (z, state)`, state None at the first step): the
+  state one step returns goes into the next one (`takes_state`), and a state that cannot go back is refused,
+  never dropped.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +23,7 @@ from torch import Tensor, nn
 from spiketide.errors import ConfigError, ModelOutputError
 from spiketide.evaluation import check_logits
 
-__all__ = ["Stateless", "find_resets", "RESET_METHODS"]
+__all__ = ["Stateless", "find_resets", "takes_state", "RESET_METHODS"]
 
 # Tried on every module, first match only: SpikingJelly's MemoryModule.reset(); snnTorch (>= 0.7)
 # reset_mem() and the init_*() methods that reset the state of init_hidden=True neurons; reset_hidden().
@@ -41,22 +47,45 @@ def find_resets(model: nn.Module) -> list[Callable[[], Any]]:
     return found
 
 
+def takes_state(model: nn.Module) -> bool:
+    """Whether `model(x)` can also be called as `model(x, state)`: its forward has a second positional parameter
+    with a default (Norse's `forward(input_tensor, state=None)`)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (some C or compiled callables)
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 and positional[1].default is not inspect.Parameter.empty
+
+
+def _kinds(out: tuple | list) -> str:
+    return f"({', '.join(type(o).__name__ for o in out)})"
+
+
 class Stateless(nn.Module):
     """A stateful step-by-step (or SpikingJelly multi-step) SNN as a stateless `[B, ...] -> [T, B, C]` model.
 
     model: the network. In mode "step" it is called once per timestep on one step's input `[B, ...]` and
-        returns `[B, C]` (or a tuple, see `output`); in mode "multistep" it is called once on `[T, B, ...]`
-        and returns `[T, B, C]` (SpikingJelly `step_mode="m"`).
+        returns `[B, C]` (or a tuple, see `output` and `state`); in mode "multistep" it is called once on
+        `[T, B, ...]` and returns `[T, B, C]` (SpikingJelly `step_mode="m"`, Norse `LIFBox` and the like).
     timesteps: T, exposed as `self.timesteps`.
+    state: whether the model passes its state in and out (Norse's convention, `model(x, state) -> (out,
+        state)`). None (default): yes when its forward takes a second argument with a default (`takes_state`)
+        and a step returns a pair; then step 1 is `model(x_1)` (the state starts as None) and step t is
+        `model(x_t, state returned by step t-1)`; in mode "multistep", `model(seq)` and the end state is
+        discarded. True: the same, and a model whose forward takes no state is refused. False: never passed on;
+        the model keeps its state itself. Unless state=False, a step (mode "step") that returns something
+        other than tensors (a state object, a list of states) without its state threaded is refused: that
+        state would be lost between steps.
     reset: `reset(model)` clears every neuron's state (e.g. SpikingJelly `functional.reset_net`, snnTorch
         `utils.reset`). Default: call, on every module, the first callable of `RESET_METHODS` it has; a
-        model with none of them is refused (ConfigError).
+        model with none of them that does not pass its state in and out is refused (ConfigError).
     encode: `encode(x, t) -> input of step t` (0-based) from the batch `x`. Default: direct encoding, the
         same static `x` at every step, or `x[t]` for per-timestep input `[T, B, ...]`. A random encoder
         makes the model non-deterministic, which `temporal_fisher` refuses: seed it from `x`, or encode first.
     output: which part of a tuple output is the logits: "spikes" (element 0, snnTorch's `(spk, mem)`),
         "membrane" (element 1), an int index, or a callable `output(out) -> Tensor`. Default "logits": the
-        model must return a tensor.
+        model must return a tensor. With a threaded state it applies to the output part of `(out, state)`.
     sample_dims: dimensions of one sample, so that input with `sample_dims + 2` dimensions is per-timestep
         `[T, B, ...]`. Default: spiketide's convention, per-timestep input is 5-D `[T, B, C, H, W]`.
 
@@ -66,7 +95,8 @@ class Stateless(nn.Module):
 
     def __init__(self, model: nn.Module, timesteps: int, *, mode: str = "step",
                  reset: Callable[[nn.Module], Any] | None = None, encode: Callable[[Tensor, int], Tensor] | None = None,
-                 output: str | int | Callable[[Any], Tensor] = "logits", sample_dims: int | None = None):
+                 output: str | int | Callable[[Any], Tensor] = "logits", sample_dims: int | None = None,
+                 state: bool | None = None):
         super().__init__()
         if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
             raise ConfigError(f"timesteps T must be an integer >= 1, got {timesteps!r}")
@@ -75,10 +105,19 @@ class Stateless(nn.Module):
         if not (callable(output) or isinstance(output, int) or output in ("logits", *OUTPUTS)):
             raise ConfigError(f"output must be 'logits', 'spikes', 'membrane', an int index or a callable, "
                               f"got {output!r}")
-        if reset is None and not find_resets(model):
+        if state not in (None, True, False):
+            raise ConfigError(f"state must be None (detect), True or False, got {state!r}")
+        can_thread = state is not False and takes_state(model)
+        if state is True and not can_thread:
+            raise ConfigError(f"state=True but {type(model).__name__}.forward takes no state: it must accept "
+                              "forward(x, state=None) and return (output, state)")
+        if reset is None and not can_thread and not find_resets(model):
             raise ConfigError(f"nothing in {type(model).__name__} can be reset (no module has a method "
-                              f"{', '.join(RESET_METHODS)}): pass reset=... that clears the neuron state")
-        self.model, self.timesteps, self.mode = model, timesteps, mode
+                              f"{', '.join(RESET_METHODS)}) and its forward takes no state to thread: pass "
+                              "reset=... that clears the neuron state, or give forward a state argument "
+                              "(forward(x, state=None) -> (output, state), Norse's convention)")
+        self.model, self.timesteps, self.mode, self.state = model, timesteps, mode, state
+        self.can_thread = can_thread
         self.reset_fn, self.encode, self.output, self.sample_dims = reset, encode, output, sample_dims
 
     def reset_state(self) -> None:
@@ -99,7 +138,35 @@ class Stateless(nn.Module):
                               f"{self.timesteps}; shape {tuple(x.shape)}")
         return per
 
-    def _select(self, out: Any) -> Any:
+    def _threads(self, out: Any) -> bool:
+        """Whether the model's first result is (output, state) to thread (see `state`)."""
+        pair = isinstance(out, (tuple, list)) and len(out) == 2
+        if self.can_thread and not pair and (self.state is True or not find_resets(self.model)
+                                             and self.reset_fn is None):
+            got = _kinds(out) if isinstance(out, (tuple, list)) else type(out).__name__
+            raise ModelOutputError(
+                f"{type(self.model).__name__}.forward takes a state but returned {got}, not (output, state): return "
+                "both so that Stateless can thread the state" + ("" if self.state is True else
+                                                                 ", or pass reset=... that clears its state"))
+        return self.can_thread and pair
+
+    def _select(self, out: Any, threaded: bool) -> Any:
+        if threaded:
+            out = out[0]
+            if callable(self.output):
+                return self.output(out)
+            if isinstance(out, Tensor) and self.output not in ("logits", "spikes", 0):
+                raise ModelOutputError(
+                    f"output={self.output!r} but {type(self.model).__name__} returns (output, state) and its state is "
+                    "threaded into the next step, so element 1 is the state, not logits: drop output=, or pass "
+                    "state=False if the second element is not a state")
+        elif (self.mode == "step" and self.state is not False and isinstance(out, (tuple, list))
+              and not all(isinstance(o, Tensor) for o in out)):
+            raise ModelOutputError(
+                f"the model returned {_kinds(out)} per step: a state that must go into the next step (Norse's "
+                f"convention cell(x, state) -> (z, state)), but {type(self.model).__name__}.forward takes no state, "
+                "so every step would start afresh: give it forward(x, state=None) that passes the state on and "
+                "returns (output, state), and Stateless threads it")
         if callable(self.output):
             return self.output(out)
         if isinstance(out, Tensor) and self.output == "logits":
@@ -123,7 +190,16 @@ class Stateless(nn.Module):
         self.reset_state()
         try:
             if self.mode == "step":
-                steps = [self._select(self.model(self._step_input(x, t, per))) for t in range(self.timesteps)]
+                first = self.model(self._step_input(x, 0, per))  # a threaded state starts as None (the default)
+                threaded = self._threads(first)
+                steps, out = [self._select(first, threaded)], first
+                for t in range(1, self.timesteps):
+                    xt = self._step_input(x, t, per)
+                    out = self.model(xt, out[1]) if threaded else self.model(xt)
+                    if threaded and not (isinstance(out, (tuple, list)) and len(out) == 2):
+                        raise ModelOutputError(f"step {t + 1} of {type(self.model).__name__} returned "
+                                               f"{type(out).__name__}, not (output, state) as step 1 did")
+                    steps.append(self._select(out, threaded))
                 bad = next((s for s in steps if not isinstance(s, Tensor)), None)
                 out = check_logits(bad) if bad is not None else torch.stack(steps)
             else:
@@ -131,7 +207,8 @@ class Stateless(nn.Module):
                     seq = torch.stack([self.encode(x, t) for t in range(self.timesteps)])
                 else:
                     seq = x if per else x.unsqueeze(0).repeat(self.timesteps, *([1] * x.dim()))
-                out = self._select(self.model(seq))
+                out = self.model(seq)
+                out = self._select(out, self._threads(out))  # a multi-step call's end state is not needed
         finally:
             self.reset_state()
         return check_logits(out, B)
