@@ -492,7 +492,8 @@ def sj_loop(net, steps=T):
     def run(x):
         sj_functional.reset_net(net)
         multi = net[-1].step_mode == "m"
-        out = net(x.unsqueeze(0).repeat(steps, *[1] * x.dim())) if multi else torch.stack([net(x) for _ in range(steps)])
+        seq = x.unsqueeze(0).repeat(steps, *[1] * x.dim())
+        out = net(seq) if multi else torch.stack([net(x) for _ in range(steps)])
         sj_functional.reset_net(net)
         return out
     return run
@@ -734,3 +735,34 @@ def test_readme_norse_example_runs_threads_the_state_and_gives_eq6():
     want = brute_force_eq6(norse_loop(net, 6), net, images, labels)
     assert bool((want > 0).all())
     torch.testing.assert_close(profile.trace, want, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("marker,kind", [("from spikingjelly.activation_based import", sj_neuron.LIFNode),
+                                         ("import torch, norse.torch as norse", norse.LIFBoxCell),
+                                         ("import torch, snntorch as snn", snn.Leaky)])
+def test_spike_stats_of_the_readme_models(marker, kind):
+    """`stats.spike_stats(model, images, spiking_modules=[<the library's neuron>])` on each README example: firing
+    rates per timestep of spiketide's LIF on the same currents, and SOPs = spikes x fan-out 10 of the last layer."""
+    from spiketide.stats import spike_stats
+
+    images, labels = _pixels()
+    torch.manual_seed(0)
+    scope = {"images": images, "labels": labels}
+    exec(compile(readme_example(marker), "README.md", "exec"), scope)
+    model = scope["model"]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    fc1 = linears[0]
+    with torch.no_grad():
+        fc1.weight.mul_(10)  # the untrained network barely spikes on pixels in [0, 1]
+    pixels = images.clamp(0, 1)
+    r = spike_stats(model, pixels, labels, spiking_modules=[kind])
+    (rates,) = r["firing_rate"].values()
+    with torch.no_grad():
+        cur = fc1(pixels.flatten(1))
+        want = neuron.LIF(tau=TAU, fast=False)(cur.expand(6, *cur.shape)).mean((1, 2))
+    assert 0.05 < float(want.mean()) < 0.5
+    assert rates == pytest.approx(want.tolist(), abs=1e-3)  # float32: a rare tie at the threshold may differ
+    (sops,) = r["sops_per_image"].values()
+    assert sops == pytest.approx([rate * 100 * 10 for rate in rates])
+    assert r["nonbinary_inputs"] == [] and list(r["snn_macs_per_image"]) == [next(
+        n for n, m in model.named_modules() if m is fc1)]

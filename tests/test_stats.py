@@ -108,6 +108,91 @@ def test_step_mode_model_with_named_spiking_modules(spec):
     _check_hand_counts(r, [12.0, 12.0])  # here fc1 runs at every timestep
 
 
+class PoolNet(HandNet):
+    """HandNet with the spikes average-pooled (window 2, stride 1) before fc2: fc2's input is not binary.
+    Pooled spikes per image: A t=1 [0.5, 0], t=2 [1, 0.5]; B t=1 [0.5, 0.5], t=2 [0.5, 0.5]."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.AvgPool1d(2, stride=1)
+        self.fc2 = _fc([[1, 1], [1, -1]])
+
+    def forward(self, x):
+        z = self.fc1(x.flatten(1))
+        s = self.lif(z.unsqueeze(0).expand(T, *z.shape)).flatten(0, 1)
+        return self.fc2(self.pool(s.unsqueeze(1)).squeeze(1)).view(T, x.shape[0], 2)
+
+
+def test_nonbinary_inputs_count_as_sops_or_as_the_peers_macs():
+    """Default: fc2 (2 -> 2) fed pooled spikes counts non-zero inputs x fan-out 2: t=1 (1 + 2) x 2 / 2 images = 3,
+    t=2 (2 + 2) x 2 / 2 = 4 per image. nonbinary="macs": its dense MACs, 2 x 2 per image and timestep, no SOPs."""
+    default = spike_stats(PoolNet(), IMAGES)
+    assert default["nonbinary"] == "sops" and default["nonbinary_inputs"] == ["fc2"]
+    assert default["sops_per_image"] == {"fc2": pytest.approx([3.0, 4.0])}
+    assert default["snn_macs_per_image"] == {"fc1": pytest.approx([12.0, 0.0])}
+    macs = spike_stats(PoolNet(), IMAGES, nonbinary="macs", batch_size=1)
+    assert macs["nonbinary"] == "macs" and macs["nonbinary_inputs"] == ["fc2"]
+    assert macs["sops_per_image"] == {}
+    assert macs["snn_macs_per_image"] == {"fc1": pytest.approx([12.0, 0.0]), "fc2": pytest.approx([4.0, 4.0])}
+    assert macs["totals"] == {"sops_per_image": 0.0, "snn_macs_per_image": 20.0, "ann_macs_per_image": 16}
+    assert macs["energy"]["snn_pj_per_image"] == pytest.approx(4.6 * 20)
+    assert macs["firing_rate"] == default["firing_rate"] and macs["macs_per_image"] == default["macs_per_image"]
+    # binary inputs count the same either way
+    assert spike_stats(HandNet(), IMAGES, nonbinary="macs") == {**spike_stats(HandNet(), IMAGES), "nonbinary": "macs"}
+    with pytest.raises(ConfigError, match="nonbinary"):
+        spike_stats(PoolNet(), IMAGES, nonbinary="mac")
+
+
+class SJCompared(nn.Module):
+    """stem conv (pixels) -> LIF -> conv2 (binary spikes) -> LIF -> avgpool -> conv3 (pooled: non-binary) -> LIF -> fc
+    (binary spikes), timesteps folded into the batch as the built-in models do."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.lif0 = nn.Conv2d(1, 4, 3, padding=1, bias=False), LIF(2.0, fast=False)
+        self.conv2, self.lif1 = nn.Conv2d(4, 6, 3, padding=1), LIF(2.0, fast=False)
+        self.pool, self.conv3, self.lif2 = nn.AvgPool2d(2), nn.Conv2d(6, 6, 3, padding=1), LIF(2.0, fast=False)
+        self.fc = nn.Linear(6 * 16, 10)
+        with torch.no_grad():  # so that every layer fires
+            for conv in (self.stem, self.conv2, self.conv3):
+                conv.weight.mul_(8 if conv is not self.conv3 else 10)
+
+    def forward(self, x):
+        B, T4 = x.shape[0], 4
+        z = self.stem(x)
+        s = self.lif0(z.unsqueeze(0).expand(T4, *z.shape)).flatten(0, 1)
+        s = self.lif1(self.conv2(s).unflatten(0, (T4, B))).flatten(0, 1)
+        s = self.lif2(self.conv3(self.pool(s)).unflatten(0, (T4, B))).flatten(0, 1)
+        return self.fc(s.flatten(1)).unflatten(0, (T4, B))
+
+
+def test_counts_equal_spikingjelly_op_counters():
+    """SpikingJelly 2.0.0's SynOpCounter and MACCounter on the same forward pass: the same SOPs on layers fed binary
+    spikes (conv2 and fc, borders included) and the same stem MACs; on conv3, fed pooled spikes, SpikingJelly counts
+    no SOPs and its dense MACs, which is what nonbinary="macs" counts (the default counts events x fan-out)."""
+    from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCounter, SynOpCounter
+
+    net = SJCompared().eval()
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    syn, mac = SynOpCounter(), MACCounter()
+    with torch.no_grad(), DispatchCounterMode([syn, mac]):
+        net(x)
+    sj_sops = {k.split(".", 1)[1]: sum(v.values()) / 5 for k, v in syn.get_counts().items() if "." in k}
+    sj_macs = {k.split(".", 1)[1]: sum(v.values()) / 5 for k, v in mac.get_counts().items() if "." in k}
+    default, macs = spike_stats(net, x), spike_stats(net, x, nonbinary="macs")
+    assert all(r > 0.01 for r in map(lambda v: sum(v) / len(v), default["firing_rate"].values()))
+    assert default["nonbinary_inputs"] == ["conv3"] and sj_sops["conv3"] == 0 and sj_macs["conv3"] > 0
+    for layer in ("conv2", "fc"):
+        assert sum(default["sops_per_image"][layer]) == pytest.approx(sj_sops[layer], rel=1e-12) and sj_sops[layer] > 0
+        assert sj_macs[layer] == 0
+    assert sum(default["sops_per_image"]["conv3"]) > 0  # spiketide's default: events x fan-out
+    for r in (default, macs):
+        assert sum(r["snn_macs_per_image"]["stem"]) == sj_macs["stem"]
+    assert {k: sum(v) for k, v in macs["sops_per_image"].items()} == pytest.approx({k: sj_sops[k] for k in ("conv2", "fc")})
+    assert {k: sum(v) for k, v in macs["snn_macs_per_image"].items()} == {k: sj_macs[k] for k in ("stem", "conv3")}
+
+
 def test_conv_sops_are_input_events_times_exact_fanout():
     torch.manual_seed(0)
     for conv in [nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), nn.Conv2d(2, 3, (3, 2), padding=(0, 1),
@@ -199,6 +284,23 @@ def test_stats_command(tmp_path, capsys):
     assert set(r["snn_macs_per_image"]) == {"stem.0"} and set(r["sops_per_image"]) == {"block1.0", "block2.0", "fc"}
     assert r["snn_macs_per_image"]["stem.0"][1] == 0  # the stem runs once; its output is repeated over T
     assert (run / "figures" / "stats.png").exists() and (run / "figures" / "stats.pdf").exists()
+    graded = r["nonbinary_inputs"]  # layers after pooling, unless the spikes pooled were all zero (barely trained)
+    assert r["nonbinary"] == "sops" and "block1.0" in graded and set(graded) <= {"block1.0", "block2.0", "fc"}
+
+    out = tmp_path / "macs.json"
+    assert cli.main(["stats", str(run), "--samples", "10", "--nonbinary", "macs", "--out", str(out), "--no-progress"]) == 0
+    m = json.loads(out.read_text())
+    assert m["nonbinary"] == "macs" and m["nonbinary_inputs"] == graded  # one batch: one call per layer
+    assert set(m["snn_macs_per_image"]) == {"stem.0", *graded}
+    assert set(m["sops_per_image"]) == {"block1.0", "block2.0", "fc"} - set(graded)
+    assert m["snn_macs_per_image"]["block1.0"] == [m["macs_per_image"]["block1.0"]] * 2  # dense, at both timesteps
+    assert m["totals"]["snn_macs_per_image"] > r["totals"]["snn_macs_per_image"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["stats", str(run), "--nonbinary", "events"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--nonbinary" in err
 
     assert cli.main(["stats", str(run), "--e-mac", "-1", "--no-progress"]) == 2
     err = capsys.readouterr().err

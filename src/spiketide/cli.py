@@ -387,7 +387,7 @@ def cmd_stats(args, ckpts: list[Path], out_dir: Path) -> int:
     device, ckpt = select_device(args.device), ckpts[-1]
     model, config, state, ds = _load_with_data(ckpt, args, "test", args.samples, device)
     result = stats.spike_stats(model, ds.images, ds.labels, batch_size=args.batch_size, progress=args.progress,
-                               energy=energy)
+                               energy=energy, nonbinary=args.nonbinary)
     result["checkpoint"], result["epoch"] = str(ckpt), state.get("epoch")
     print(f"{ckpt.name} (epoch {state.get('epoch')}):")
     print(stats.summarize(result))
@@ -492,6 +492,9 @@ def add_analysis_commands(sub) -> None:
                        "SNN = SOPs x e_ac + MACs before the first spiking layer x e_mac, ANN = MACs x e_mac. Uses the "
                        "last checkpoint; writes stats.json and figures/stats.{png,pdf}.")
     p.add_argument("checkpoint", help="a checkpoint .pt or a run directory (its last checkpoint)")
+    p.add_argument("--nonbinary", choices=("sops", "macs"), default="sops",
+                   help="spike-driven layers fed non-binary inputs (e.g. average-pooled spikes): 'sops' counts their "
+                   "non-zero inputs x fan-out (default), 'macs' their dense MACs, as SpikingJelly's op counters and syops")
     _add_energy_options(p)
     _add_eval_options(p, 256, "class-balanced test images (default %(default)s)")
     p.set_defaults(func=_analysis(cmd_stats, "checkpoint"), batch_size=64)

@@ -20,10 +20,16 @@ synapse that an input *event* (a non-zero input element) reaches:
                         with the layer's stride, padding, dilation and groups (a one-channel-per-group conv,
                         out_channels / groups times cheaper than the layer). Padding zeros are no events.
 
-For binary {0, 1} inputs this is exactly input spikes x fan-out. A spike-driven layer whose input is not
-binary (average-pooled spikes, say) still counts one operation per non-zero input and fan-out; such layers
-are listed in `nonbinary_inputs`. Biases are not counted. Dense MACs of a layer = output elements x
+For binary {0, 1} inputs this is exactly input spikes x fan-out, and the same number as SpikingJelly's
+`SynOpCounter` (op_counter, 2.0.0). Biases are not counted. Dense MACs of a layer = output elements x
 (in_channels / groups x kernel volume), or rows x in x out for Linear (the usual definition, padding included).
+
+Non-binary inputs (average-pooled spikes, say), two conventions, `nonbinary=`:
+* "sops" (default): one accumulate per non-zero input and fan-out, as for spikes; the layer is listed in
+  `nonbinary_inputs`. A lower bound: a graded input needs a multiply at each synapse, not an add.
+* "macs": as SpikingJelly's `SynOpCounter` + `MACCounter` and syops count them: a call of the layer whose input
+  is not all {0, 1} costs its dense MACs (every synapse, zeros included) and no SOPs; a call whose input happens
+  to be binary (all zero, say) still counts SOPs. Those MACs go into `snn_macs_per_image` and the energy at e_mac.
 
 MAC layers are counted as they run: under the built-in direct encoding the stem runs once per image and its
 output is repeated over T, so its MACs are counted once (at t = 1), not T times; with per-timestep inputs
@@ -57,11 +63,19 @@ from spiketide import evaluation, progress as progress_bar
 from spiketide.errors import ConfigError, ModelOutputError
 from spiketide.neuron import LIF
 
-__all__ = ["EnergyModel", "OperationCounter", "spike_stats", "stats_figure", "summarize"]
+__all__ = ["EnergyModel", "OperationCounter", "spike_stats", "stats_figure", "summarize", "NONBINARY"]
 
 SpikingSpec = Callable[[str, nn.Module], bool] | Iterable[str | type] | None
 _SYNAPTIC = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+NONBINARY = ("sops", "macs")  # how spike-driven layers with non-binary inputs count (module doc)
+
+
+def _check_nonbinary(nonbinary: Any) -> str:
+    if nonbinary not in NONBINARY:
+        raise ConfigError(f"nonbinary must be 'sops' (events x fan-out, spiketide's default) or 'macs' (dense MACs, "
+                          f"as SpikingJelly's op counters and syops), got {nonbinary!r}")
+    return nonbinary
 
 
 @dataclass(frozen=True)
@@ -180,7 +194,9 @@ class OperationCounter:
     Within a forward pass each hooked call leaves one `_Call` (at most T*B numbers); `finish` sums them per
     timestep into float64 totals (and, with `per_sample`, per image and timestep) and drops them."""
 
-    def __init__(self, model: nn.Module, spiking_modules: SpikingSpec = None, *, per_sample: bool = False):
+    def __init__(self, model: nn.Module, spiking_modules: SpikingSpec = None, *, per_sample: bool = False,
+                 nonbinary: str = "sops"):
+        self.nonbinary_as = _check_nonbinary(nonbinary)
         is_spiking = _spiking_predicate(spiking_modules, model)
         self.spiking = [(n, m) for n, m in model.named_modules() if is_spiking(n, m)]
         spiking_ids = {id(m) for _, m in self.spiking}
@@ -246,8 +262,14 @@ class OperationCounter:
                 dense_per_cell = out.numel() // shape[0] * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
             self._add((name, "dense"), torch.full(shape[:2], float(dense_per_cell)), x)
             if kind == "ac":
-                self._add((name, "sops"), _events_times_fanout(mod, x, self._split(x)), x)
-                self.binary.setdefault(name, []).append(((x == 0) | (x == 1)).all())
+                sops = _events_times_fanout(mod, x, self._split(x))
+                binary = ((x == 0) | (x == 1)).all()  # stays on the device: no synchronisation per call
+                self.binary.setdefault(name, []).append(binary)
+                if self.nonbinary_as == "macs":  # per call, as SpikingJelly's counters decide per operation
+                    dense = torch.full_like(sops, float(dense_per_cell))
+                    self._add((name, "nonbinary_macs"), torch.where(binary, torch.zeros_like(dense), dense), x)
+                    sops = torch.where(binary, sops, torch.zeros_like(sops))
+                self._add((name, "sops"), sops, x)
 
         return hook
 
@@ -264,7 +286,8 @@ class OperationCounter:
             per_t, per_sample = _by_sample(calls, T, self.batch, key[0])
             self.totals[key] = self.totals[key] + per_t if key in self.totals else per_t
             name, what = key
-            cost = "sops" if what == "sops" else "macs" if what == "dense" and self.kind[name] == "mac" else None
+            mac = what == "nonbinary_macs" or (what == "dense" and self.kind[name] == "mac")
+            cost = "sops" if what == "sops" else "macs" if mac else None
             if self.per_sample and cost:
                 if per_sample is None:
                     raise ConfigError(f"cannot tell the images of layer {name!r} apart: its input has the "
@@ -282,7 +305,8 @@ class OperationCounter:
 
     def sample_operations(self) -> tuple[np.ndarray, np.ndarray]:
         """(SOPs, MACs), float64 [T, n] each, images in the order they ran: per image and timestep, the accumulates
-        of the spike-driven layers and the MACs of the layers that run before the first spiking layer."""
+        of the spike-driven layers and the MACs of the layers that run before the first spiking layer (and, with
+        nonbinary="macs", of spike-driven layers' calls on non-binary inputs)."""
         if not self.per_sample:
             raise ConfigError("OperationCounter(per_sample=True) keeps per-image counts; this one did not")
         if not self.samples["sops"]:
@@ -317,22 +341,25 @@ def _check_batch_size(batch_size: Any) -> int:
 
 
 def spike_stats(model: nn.Module, images: Any, labels: Any = None, *, batch_size: int = 64, progress: bool = False,
-                energy: EnergyModel = EnergyModel(), spiking_modules: SpikingSpec = None) -> dict[str, Any]:
+                energy: EnergyModel = EnergyModel(), spiking_modules: SpikingSpec = None,
+                nonbinary: str = "sops") -> dict[str, Any]:
     """Firing rates, synaptic operations, MACs and an energy estimate of `model` on `images` (module doc).
 
     The model runs in eval mode (each submodule's own mode restored after) under `torch.no_grad()`. Spiking
     layers are every `spiketide.neuron.LIF` plus what `spiking_modules` names: a predicate `(name, module) ->
     bool`, or module names and/or types (for SNNs from other libraries). `labels` are only checked.
+    `nonbinary`: "sops" (default) or "macs", how spike-driven layers fed non-binary inputs count (module doc).
 
     Returns a JSON-ready dict:
       T, n_images;
       firing_rate {layer: [r_1..r_T]}: mean output of the spiking layer over images and neurons at each t;
       overall_rate: all spikes / all neuron-timesteps, over every spiking layer;
       sops_per_image {layer: [..T]}: accumulates of each spike-driven Conv/Linear layer at t, per image;
-      snn_macs_per_image {layer: [..T]}: MACs of each layer that runs before any spiking layer, as executed;
+      snn_macs_per_image {layer: [..T]}: MACs of each layer that runs before any spiking layer, as executed (and
+              with nonbinary="macs", the dense MACs of spike-driven layers' calls on non-binary inputs);
       macs_per_image {layer: int}: dense MACs of every Conv/Linear layer for one image at one timestep (the ANN);
       totals: sops / snn_macs / ann_macs per image (SNN summed over T, ANN one pass);
-      nonbinary_inputs: spike-driven layers whose input was not all {0, 1} (events are non-zero inputs);
+      nonbinary_inputs: spike-driven layers whose input was not all {0, 1}; nonbinary: how they were counted;
       energy: constants, snn_pj_per_image = e_ac x SOPs + e_mac x SNN MACs (over T), ann_pj_per_image =
               e_mac x ANN MACs, ratio = snn / ann (below 1: the SNN needs less energy).
     """
@@ -341,11 +368,12 @@ def spike_stats(model: nn.Module, images: Any, labels: Any = None, *, batch_size
     if not isinstance(energy, EnergyModel):
         raise ConfigError(f"energy must be an EnergyModel(e_ac_pj=..., e_mac_pj=...), got {type(energy).__name__}")
     batch_size = _check_batch_size(batch_size)
+    nonbinary = _check_nonbinary(nonbinary)
     if labels is None:
         n = len(images) if hasattr(images, "__len__") else 0
         labels = torch.zeros(n, dtype=torch.long)
     images, labels = evaluation.check_images(images, labels)
-    counter = OperationCounter(model, spiking_modules)
+    counter = OperationCounter(model, spiking_modules, nonbinary=nonbinary)
     if not counter.spiking:
         raise ConfigError("the model has no spiking layers: no spiketide.neuron.LIF module; name the spiking "
                           "modules of other libraries with spiking_modules=")
@@ -375,8 +403,13 @@ def _result(c: OperationCounter, T: int, n: int, energy: EnergyModel) -> dict[st
     spikes = sum(tot[(k, "spikes")].sum() for k in rates)
     neurons = sum(tot[(k, "neurons")].sum() for k in rates)
     ran = [name for name, _ in c.synaptic if (name, "dense") in tot]
-    sops = {k: (tot[(k, "sops")] / n).tolist() for k in ran if c.kind[k] == "ac"}
-    snn_macs = {k: (tot[(k, "dense")] / n).tolist() for k in ran if c.kind[k] == "mac"}
+    graded = {k: tot[(k, "nonbinary_macs")] for k in ran
+              if (k, "nonbinary_macs") in tot and tot[(k, "nonbinary_macs")].any()}
+    # with nonbinary="macs", a layer fed only non-binary inputs has no SOPs left: listed with the MAC layers only
+    sops = {k: (tot[(k, "sops")] / n).tolist() for k in ran if c.kind[k] == "ac" and not (k in graded and
+                                                                                        not tot[(k, "sops")].any())}
+    snn_macs = {k: ((tot[(k, "dense")] if c.kind[k] == "mac" else graded[k]) / n).tolist() for k in ran
+                if c.kind[k] == "mac" or k in graded}
     # one ANN pass: a layer's dense MACs for all images at the timestep it runs, per image
     ann_macs = {k: int(round(tot[(k, "dense")].max() / n)) for k in ran}
     totals = {"sops_per_image": float(sum(map(sum, sops.values()))),
@@ -392,7 +425,8 @@ def _result(c: OperationCounter, T: int, n: int, energy: EnergyModel) -> dict[st
         "snn_macs_per_image": snn_macs,
         "macs_per_image": ann_macs,
         "totals": totals,
-        "nonbinary_inputs": [k for k in sops if k in c.nonbinary],
+        "nonbinary_inputs": [k for k in ran if c.kind[k] == "ac" and k in c.nonbinary],
+        "nonbinary": c.nonbinary_as,
         "energy": {"constants": energy.to_dict(), "snn_pj_per_image": float(snn_pj), "ann_pj_per_image": float(ann_pj),
                    "ratio": float(snn_pj / ann_pj) if ann_pj > 0 else None},
     }
@@ -430,7 +464,8 @@ def stats_figure(result: dict[str, Any]) -> Figure:
     sops = np.sum([v for v in result["sops_per_image"].values()], axis=0) if result["sops_per_image"] else np.zeros(T)
     macs = (np.sum([v for v in result["snn_macs_per_image"].values()], axis=0)
             if result["snn_macs_per_image"] else np.zeros(T))
-    ax2.bar(ts, macs, color="C1", label="SNN MACs (before the first spiking layer)")
+    graded = " and non-binary inputs" if result.get("nonbinary") == "macs" and result["nonbinary_inputs"] else ""
+    ax2.bar(ts, macs, color="C1", label=f"SNN MACs (before the first spiking layer{graded})")
     ax2.bar(ts, sops, bottom=macs, color="C0", label="SOPs (accumulates)")
     ax2.axhline(result["totals"]["ann_macs_per_image"], color="k", ls="--", lw=1, label="ANN MACs (one pass)")
     ax2.set_xticks(ts)
