@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from scipy import stats
 
@@ -11,8 +12,12 @@ from spiketide.errors import ConfigError
 from spiketide.experiments.verdicts import (
     Claim,
     format_mean_ci,
+    format_power,
+    format_verdict,
+    holm,
     judge,
     rule_text,
+    seeds_for,
     verdicts_table,
 )
 
@@ -73,16 +78,60 @@ def test_partial_missing_counts_gaps_and_never_imputes():
 def test_single_seed_is_inconclusive():
     v = judge(claim(), [5.0])
     assert (v.verdict, v.n, v.mean, v.ci95) == ("inconclusive", 1, 5.0, None)
-    assert "fewer than 2 seeds: inconclusive" in v.rule
+    assert "fewer than 2 seeds or zero spread: inconclusive" in v.rule
     assert format_mean_ci(v) == "5 (n=1)"
 
 
-def test_zero_spread_lets_the_mean_decide():
-    v = judge(claim(), [0.5, 0.5, 0.5])
-    assert v.ci95 == 0.0 and v.verdict == "holds"
-    assert judge(claim("<0"), [0.5, 0.5, 0.5]).verdict == "contradicted"
-    assert judge(claim("~0", margin=1.0), [0.5, 0.5]).verdict == "holds"
-    assert judge(claim(), [0.0, 0.0, 0.0]).verdict == "inconclusive"  # exactly on the margin
+def test_zero_spread_is_no_test_and_is_flagged():
+    # every seed the same number: no estimate of the noise, so no verdict however far the mean is from 0
+    for c, values in ((claim(), [0.5, 0.5, 0.5]), (claim("<0"), [0.5, 0.5, 0.5]), (claim("~0", margin=1.0), [0.5, 0.5])):
+        v = judge(c, values)
+        assert v.verdict == "inconclusive" and v.zero_spread and v.p is None and v.ci95 == 0.0
+    v = judge(claim(), [2.5, 2.5, 2.5])
+    assert format_mean_ci(v) == "2.5 ± 0 (n=3, zero spread)" and format_verdict(v) == "inconclusive (zero spread)"
+
+
+def test_p_value_decides_exactly_when_the_ci_excludes_the_boundary():
+    rng = np.random.default_rng(3)
+    for direction, margin in ((">0", 0.0), ("<0", 0.3), ("~0", 0.5)):
+        c = claim(direction, margin=margin)
+        for _ in range(300):
+            v = judge(c, list(rng.normal(rng.normal(0, 0.5), 0.4, 3)))
+            lo, hi = v.mean - v.ci95, v.mean + v.ci95
+            if direction == ">0":
+                by_ci = "holds" if lo > margin else "contradicted" if hi < margin else "inconclusive"
+            elif direction == "<0":
+                by_ci = "holds" if hi < -margin else "contradicted" if lo > -margin else "inconclusive"
+            else:
+                by_ci = ("holds" if -margin < lo and hi < margin else
+                         "contradicted" if lo > margin or hi < -margin else "inconclusive")
+            assert v.verdict == by_ci and ((v.p < 0.05) == (by_ci != "inconclusive"))
+
+
+def test_power_detectable_effect_and_seeds_needed():
+    v = judge(claim(), [0.1, 0.5, -0.1])  # mean 0.167, s 0.306: inconclusive at n = 3
+    assert v.verdict == "inconclusive"
+    factor = stats.t.ppf(0.975, 2) + stats.t.ppf(0.8, 2)
+    assert v.detectable == pytest.approx(factor * v.sd / math.sqrt(3))
+    n = v.seeds_needed
+    need = lambda k: (stats.t.ppf(0.975, k - 1) + stats.t.ppf(0.8, k - 1)) * v.sd / math.sqrt(k)  # noqa: E731
+    assert need(n) < v.mean <= need(n - 1)
+    assert "needs ~" in format_power(v) and "3 of 3 seeds" in format_power(v)
+    assert seeds_for(0.0, 1.0) is None and seeds_for(1.0, 0.0) is None and seeds_for(1e-6, 1.0) == 1001
+
+
+def test_holm_adjusts_over_the_family():
+    strong = judge(claim(), [1.0, 1.1, 0.9])  # p ~ 0.004
+    weak = judge(claim(), [0.3, 0.5, 0.4])    # p ~ 0.012
+    assert strong.verdict == weak.verdict == "holds"
+    alone = holm([strong, weak])
+    assert [v.holm for v in alone] == ["holds", "holds"]
+    crowd = holm([strong, weak] + [judge(claim(), [-1.0, 0.0, 1.5])] * 8)
+    assert crowd[1].holm == "inconclusive" and crowd[1].verdict == "holds"  # 10 tests: 0.012 x 9 > 0.05
+    assert format_verdict(crowd[1], holm_adjusted=True) == "inconclusive"
+    untestable = judge(claim(), [1.0, 1.1, 0.9], untestable=["seed 0: run base ends at a training loss of 1.4"])
+    assert holm([untestable])[0].holm == "untestable" and untestable.verdict == "untestable"
+    assert format_verdict(untestable).startswith("untestable at this scale: seed 0: run base")
 
 
 def test_ci_half_width_is_student_t():
@@ -93,7 +142,7 @@ def test_ci_half_width_is_student_t():
     assert v.verdict == "inconclusive"  # 5 − 8.96 < 0
     assert format_mean_ci(v) == "5.0 ± 9.0 (n=3)"
     assert format_mean_ci(judge(claim(), [0.2, -0.3, 0.1])) == "0.00 ± 0.66 (n=3)"  # 1e-17 shows as zero
-    assert format_mean_ci(judge(claim(), [0.5, 0.5])) == "0.5 ± 0 (n=2)"
+    assert format_mean_ci(judge(claim(), [0.5, 0.5])) == "0.5 ± 0 (n=2, zero spread)"
     assert format_mean_ci(judge(claim(), [1.0, 1.2, 1.5])) == "1.23 ± 0.63 (n=3)"
     assert format_mean_ci(judge(claim(), [74.63])) == "74.63 (n=1)"
 
@@ -102,7 +151,7 @@ def test_rule_and_test_text():
     c = Claim(id="tic", text="IC falls below its peak", paper="Fig. 1", statistic="IC_end − IC_peak + 1",
               direction="<0")
     assert rule_text(c) == ("holds if the 95% CI of mean(IC_end − IC_peak + 1) lies below 0; contradicted if it "
-                            "lies above 0; else inconclusive; fewer than 2 seeds: inconclusive")
+                            "lies above 0; else inconclusive; fewer than 2 seeds or zero spread: inconclusive")
     assert "inside (−1, 1)" in rule_text(claim("~0", margin=1.0))
     assert judge(c, [1, 2, 3]).test == "one-sample t, 95% CI, 3 seeds"
 
@@ -112,11 +161,13 @@ def test_markdown_table_contains_rule_test_and_extra_columns():
     b = judge(claim("~0", margin=1.0, id="acc"), [None, None])
     table = verdicts_table([a, b], extra_columns={"figure": {"pgd": "fig5.png"}, "n seeds": lambda v: str(v.n)})
     lines = table.splitlines()
-    assert lines[0] == ("| claim | paper | ours (mean ± 95% CI, n) | verdict | rule and test | figure | n seeds |")
-    assert len(lines) == 4 and lines[1].count("---") == 7
+    assert lines[0] == ("| claim | paper | ours (mean ± 95% CI, n) | verdict | Holm-adjusted | seeds and power | "
+                        "rule and test | figure | n seeds |")
+    assert len(lines) == 4 and lines[1].count("---") == 9
     assert a.rule in table and "test: one-sample t, 95% CI, 3 seeds" in table
     assert "robust \\| more" in lines[2] and "| holds |" in lines[2] and "fig5.png" in lines[2]
     assert "| missing |" in lines[3] and lines[3].endswith("|  | 0 |")
+    assert "3 of 3 seeds" in lines[2] and "0 of 2 seeds" in lines[3]
     assert all(line.count(" | ") == lines[0].count(" | ") for line in lines[2:])
 
 

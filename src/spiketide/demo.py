@@ -3,7 +3,7 @@
 Trains `convnet` on a class-balanced Fashion-MNIST subset while tracking the empirical Fisher
 information I_t (Eq. 6) every few epochs, then draws Fig. 1 and Fig. 3 and prints how the
 information centroid (Eq. 7) moved: up while the network starts learning, then down towards
-t = 1 as the training loss approaches zero (the paper's TIC, Fig. 1).
+t = 1 as the training loss approaches zero (the paper's TIC, Fig. 1, judged by the one rule in `fisher.tic`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spiketide import callbacks, plots
+from spiketide.fisher.tic import TIC_MARGIN, MissingValue, ic_levels, tic_score
 from spiketide.runs import RunDir, atomic_write_json
 from spiketide.train import TrainConfig, train
 
@@ -35,20 +36,22 @@ def demo_config(out: str = "runs/demo", epochs: int | None = None) -> TrainConfi
     )
 
 
-def tic_summary(records: list[dict]) -> dict:
-    """IC at the start, at its peak and at the end; whether I_1 is the largest at the end."""
+def tic_summary(records: list[dict], epochs: int) -> dict:
+    """IC at the start, its early-training and end-of-training levels, and the TIC rule's verdict (fisher.tic);
+    whether I_1 is the largest at the end."""
     fish = [(r["epoch"], r["fisher"]) for r in records if r.get("fisher")]
     if not fish:
         return {}
-    ics = [(e, f["centroid"]) for e, f in fish]
-    peak_epoch, peak = max(ics, key=lambda p: p[1])
     end_epoch, end_trace = fish[-1][0], fish[-1][1]["trace"]
-    start, end = ics[0][1], ics[-1][1]
-    return {
-        "ic_start": start, "ic_peak": peak, "ic_peak_epoch": peak_epoch, "ic_end": end, "end_epoch": end_epoch,
-        "end_trace": end_trace, "i1_largest_at_end": end_trace[0] == max(end_trace),
-        "tic": bool(peak > start and end < peak - 0.25 and end_trace[0] == max(end_trace)),
-    }
+    summary = {"end_epoch": end_epoch, "end_trace": end_trace,
+               "i1_largest_at_end": None not in end_trace and end_trace[0] == max(end_trace)}
+    try:
+        levels = ic_levels([(e, f["centroid"]) for e, f in fish], len(end_trace), epochs)
+    except MissingValue as exc:
+        return {**summary, "tic": False, "tic_unmeasured": str(exc)}
+    score = tic_score(levels)
+    return {**summary, "ic_start": levels.start, "ic_early": levels.early, "ic_end": levels.end, "tic_score": score,
+            "tic": score < -TIC_MARGIN}
 
 
 def _fresh(out: str | None) -> str:
@@ -72,7 +75,7 @@ def run_demo(out: str | None = None, epochs: int | None = None, progress: bool =
     run = trainer.run
     records = run.read_metrics()
     figures = plots.plot_run(run.path)
-    summary = tic_summary(records)
+    summary = tic_summary(records, config.epochs)
     summary["test_acc"] = records[-1]["test_acc"]
     summary["train_loss"] = records[-1]["train_loss"]
     summary["seconds"] = sum(r.get("seconds") or 0 for r in records)
@@ -80,12 +83,17 @@ def run_demo(out: str | None = None, epochs: int | None = None, progress: bool =
     print()
     print(f"run directory: {run.path}")
     print(f"final: train loss {summary['train_loss']:.4f}, test accuracy {summary['test_acc']:.3f}")
-    print(f"information centroid (Eq. 7): {summary['ic_start']:.2f} at epoch 0 -> peak {summary['ic_peak']:.2f} at epoch "
-          f"{summary['ic_peak_epoch']} -> {summary['ic_end']:.2f} at epoch {summary['end_epoch']}")
-    trace = ", ".join(f"{v:.3g}" for v in summary["end_trace"])
+    if "ic_start" in summary:
+        print(f"information centroid (Eq. 7): {summary['ic_start']:.2f} at epoch 0 -> {summary['ic_early']:.2f} in the "
+              f"first third of training -> {summary['ic_end']:.2f} in the last fifth (mean of the readings)")
+    trace = ", ".join(f"{v:.3g}" for v in summary["end_trace"] if v is not None)
     print(f"I_t at the end: [{trace}]; I_1 is {'the largest' if summary['i1_largest_at_end'] else 'not the largest'}")
-    print("temporal information concentration: " + ("yes, information moved to the early timesteps"
-                                                     if summary["tic"] else "not shown in this run"))
+    if "tic_score" in summary:
+        print(f"temporal information concentration: {'yes' if summary['tic'] else 'no'} (IC ended "
+              f"{-summary['tic_score']:.2f} of its range below both its start and its early level; the rule asks "
+              f"for more than {TIC_MARGIN:g})")
+    else:
+        print(f"temporal information concentration: not measured ({summary['tic_unmeasured']})")
     for f in figures:
         print(f"figure: {f}")
     return summary

@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from spiketide.experiments.trials import RunResult
+from spiketide.fisher.tic import EARLY, END
 from spiketide.plots import pick_epochs
 
 __all__ = ["FIGURES"]
@@ -32,6 +33,8 @@ def _mean_se(rows: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _band(ax, x, rows: list[list[float]], label: str, color: str) -> None:
+    # a seed with a missing or non-finite value contributes nothing (the report names it)
+    rows = [r for r in rows if r and all(v is not None and np.isfinite(v) for v in r)]
     if not rows:
         return
     m, se = _mean_se(rows)
@@ -71,6 +74,13 @@ def ic_figure(results: Results, title: str) -> Figure:
             ends = [np.asarray(r.fisher()[-1][1]["trace"], dtype=float) for r in runs]
             _band(ax_t, np.arange(1, len(ends[0]) + 1), [list(e / max(e.sum(), 1e-30)) for e in ends], label, f"C{i}")
             ax_t.set(ylabel=r"$I_t / \sum_t I_t$ at the end")
+    done = [r[label] for r in results.values() for label in labels if r.get(label) and r[label].trained]
+    if done:  # the windows whose mean IC the TIC rule compares (fisher.tic)
+        n = done[0].config["epochs"]
+        for (lo, hi), name in ((EARLY, "early level"), (END, "end level")):
+            ax_ic.axvspan(lo * n, hi * n, color="0.5", alpha=0.08, lw=0)
+            ax_ic.text((lo + hi) / 2 * n, 1.0, name, transform=ax_ic.get_xaxis_transform(), ha="center", va="bottom",
+                       fontsize=7, color="0.4")
     ax_ic.set(xlabel="epoch", ylabel="information centroid (Eq. 7)")
     ax_t.set(xlabel="timestep t")
     return _finish(fig, [ax_ic, ax_t], f"{title} (mean ± s.e. over seeds)")

@@ -1,5 +1,6 @@
 """The paper's figures and tables as data: for each experiment, the grid of training runs at each scale, the
-analyses run on them, and the paper's claims as per-seed statistics with a rule (`verdicts.Claim`).
+analyses run on them, and the paper's claims as per-seed statistics with a rule (`verdicts.Claim`) and the
+preconditions that make them testable (`statistics`). Each claim keeps the paper's sentence beside it.
 
 Scales: `paper` is the paper's exact setting (ResNet19, CIFAR-10, T = 10, 300 epochs; meant for GPUs);
 `cpu` is sized for a 2-core machine (Fashion-MNIST, the offline paper dataset; the paper's topologies at
@@ -9,13 +10,16 @@ experiment, for tests, and its verdicts are mostly "inconclusive".
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from spiketide.errors import ConfigError
-from spiketide.experiments.trials import RunResult
+from spiketide import models
+from spiketide.experiments import statistics as st
+from spiketide.experiments.statistics import ClaimSpec, Precondition
+from spiketide.experiments.trials import resolve_config
 from spiketide.experiments.verdicts import Claim
+from spiketide.fisher.tic import TIC_MARGIN
 
 __all__ = ["SCALES", "EXPERIMENTS", "Experiment", "ClaimSpec", "base_config", "resolve_names", "trial_seconds"]
 
@@ -52,14 +56,6 @@ def base_config(scale: str) -> dict:
 
 
 @dataclass(frozen=True)
-class ClaimSpec:
-    """A claim and the per-seed statistic that tests it: runs (label -> RunResult) -> float or None."""
-
-    claim: Claim
-    statistic: Callable[[dict[str, RunResult]], float | None]
-
-
-@dataclass(frozen=True)
 class Experiment:
     """One figure or table: runs per scale (label -> config overrides), analyses per label, claims, figure kind."""
 
@@ -89,116 +85,6 @@ def trial_seconds(scale: str, config: dict, analyses: dict) -> float:
             * config["timesteps"] / base_config(scale)["timesteps"])
 
 
-# -- per-seed statistics over a run's results -----------------------------------------------------------------
-
-def _ics(r: RunResult) -> list[tuple[int, float]]:
-    return [(e, f["centroid"]) for e, f in r.fisher() if f.get("centroid") is not None]
-
-
-def tic_drop(r: RunResult | None) -> float | None:
-    """(IC at its peak - IC at the end) / (T - 1): how far information moved back towards t = 1."""
-    ics = _ics(r) if r else []
-    if len(ics) < 2:
-        return None
-    T = len(r.fisher()[-1][1]["trace"])
-    return (max(ic for _, ic in ics) - ics[-1][1]) / max(T - 1, 1)
-
-
-def tic_margin(r: RunResult | None) -> float | None:
-    """IC_end - (IC_peak - 1): below 0 when IC ends more than one timestep below its peak (the TIC rule)."""
-    ics = _ics(r) if r else []
-    return ics[-1][1] - (max(ic for _, ic in ics) - 1) if ics else None
-
-
-def ic_rise(r: RunResult | None) -> float | None:
-    """IC_peak - IC_init: above 0 when information first spreads to later timesteps."""
-    ics = _ics(r) if r else []
-    return max(ic for _, ic in ics) - ics[0][1] if ics else None
-
-
-def i1_lead(r: RunResult | None) -> float | None:
-    """(I_1 - max_{t>1} I_t) / sum_t I_t at the end: > 0 when the first timestep holds the most information."""
-    f = r.fisher() if r else []
-    if not f:
-        return None
-    trace = f[-1][1]["trace"]
-    total = sum(trace)
-    return (trace[0] - max(trace[1:])) / total if total and len(trace) > 1 else None
-
-
-def ic_at(r: RunResult | None, fraction: float) -> float | None:
-    """IC at the measured epoch nearest to `fraction` of training (0 = init, 1 = end)."""
-    ics = _ics(r) if r else []
-    if not ics:
-        return None
-    target = fraction * ics[-1][0]
-    return min(ics, key=lambda p: abs(p[0] - target))[1]
-
-
-def peak_epoch_fraction(r: RunResult | None) -> float | None:
-    """Epoch of the IC peak as a fraction of training: when concentration starts."""
-    ics = _ics(r) if r else []
-    return max(ics, key=lambda p: p[1])[0] / ics[-1][0] if ics else None
-
-
-def final(key: str):
-    return lambda r: r.final(key) if r else None
-
-
-def robust(key: str):
-    return lambda r: (r.analysis("robustness") or {}).get(key) if r else None
-
-
-def total_fisher(r: RunResult | None) -> float | None:
-    f = r.fisher() if r else []
-    return math.log(sum(f[-1][1]["trace"])) if f and sum(f[-1][1]["trace"]) > 0 else None
-
-
-def deficit_first_window(r: RunResult | None, which: int) -> float | None:
-    """Relative accuracy with noise in the first window (vs the last) at checkpoint `which` (-1 = the end)."""
-    d = r.analysis("deficits") if r else None
-    return d["checkpoints"][which]["relative_accuracy"][0] if d else None
-
-
-def block_ic_gap(r: RunResult | None) -> float | None:
-    """IC of the first block minus IC of the last at the end (Fig. 3: shallow blocks hold later information)."""
-    f = r.fisher() if r else []
-    per = f[-1][1].get("per_layer") if f else None
-    if not per:
-        return None
-    ics = [sum((t + 1) * v for t, v in enumerate(tr)) / sum(tr) if sum(tr) > 0 else None for tr in per.values()]
-    return ics[0] - ics[-1] if None not in (ics[0], ics[-1]) else None
-
-
-def pruned_acc(r: RunResult | None, t_retrain: int) -> float | None:
-    """Test accuracy at the highest sparsity reached when retraining with T_retrain timesteps."""
-    p = r.analysis("prune") if r else None
-    curve = (p or {}).get("curves", {}).get(str(t_retrain))
-    return curve["test_acc"][-1] if curve else None
-
-
-def diff(a: Callable, la: str, b: Callable, lb: str) -> Callable[[dict[str, RunResult]], float | None]:
-    """statistic(runs[la]) - statistic(runs[lb]), None when either is missing."""
-
-    def stat(runs: dict[str, RunResult]) -> float | None:
-        x, y = a(runs.get(la)), b(runs.get(lb))
-        return None if x is None or y is None else x - y
-
-    return stat
-
-
-def of(fn: Callable, label: str, *args) -> Callable[[dict[str, RunResult]], float | None]:
-    return lambda runs: fn(runs.get(label), *args)
-
-
-def _tic_claims(labels: list[str], what: str) -> tuple[ClaimSpec, ...]:
-    return tuple(ClaimSpec(Claim(f"tic-{lab}", f"TIC appears with {what} {lab}: IC falls from its peak by more than "
-                                 "10% of its range", "most configurations show TIC at later epochs (Fig. 4)",
-                                 "(IC_peak - IC_end)/(T - 1) - 0.1", ">0"),
-                           lambda runs, lab=lab: (lambda d: None if d is None else d - 0.1)(tic_drop(runs.get(lab))))
-                 for lab in labels)
-
-
 def _values(scale: str, cpu, paper, smoke=None):
     return {"paper": paper, "cpu": cpu, "smoke": smoke if smoke is not None else cpu[:2]}[scale]
 
@@ -225,82 +111,148 @@ def _add(e: Experiment) -> None:
     EXPERIMENTS[e.name] = e
 
 
-_add(Experiment(
-    "fig1", "Fig. 1: the information centroid across epochs, and I_t at four epochs",
-    runs=lambda scale: {"base": {}},
-    claims=lambda scale: (
-        ClaimSpec(Claim("tic", "Information concentrates in early timesteps: IC at the end < IC at its peak - 1",
-                        "IC moves to the early timesteps (ResNet19/CIFAR-10: epoch 20 highest, epoch 300 lowest)",
-                        "IC_end - (IC_peak - 1)", "<0"),
-                  of(tic_margin, "base")),
+def _tic_rule(label: str, text: str, paper: str) -> ClaimSpec:
+    """The one TIC rule (fisher.tic) on one run, testable only when the run fits its training set."""
+    return ClaimSpec(Claim(f"tic-{label}", text, paper, "(IC_end − min(IC_start, IC_early)) / (T − 1)", "<0",
+                           margin=TIC_MARGIN),
+                     st.tic(label), (st.fits(label), st.fisher_tracked(label)))
+
+
+def _base_label(runs: dict[str, dict], key: str, scale: str) -> str | None:
+    """The label of a panel's run at the scale's default value of `key` (None when the panel has none)."""
+    default = resolve_config(base_config(scale))[key]
+    return next((lab for lab, over in runs.items() if over.get(key) == default), None)
+
+
+def _blocks(scale: str) -> tuple[str, ...]:
+    """The base model's blocks, stem and classifier excluded (Fig. 3 is drawn over residual blocks)."""
+    return tuple(b for b in models.block_names(base_config(scale)["model"]) if b not in ("stem", "fc"))
+
+
+_FIT = lambda label: (st.fits(label), st.fisher_tracked(label))  # noqa: E731
+
+
+def _fig1(scale: str) -> tuple[ClaimSpec, ...]:
+    return (
+        _tic_rule("base", "Information concentrates in early timesteps: IC ends more than a tenth of its range below "
+                  "both its start and its early-training level",
+                  "as training goes on, Fisher information concentrates on the first few timesteps (TIC)"),
         ClaimSpec(Claim("i1-largest", "After training, I_1 is the largest I_t",
-                        "I_t is highest at t = 1 and nearly 0 for t = 2..10 (epoch 300)",
-                        "(I_1 - max_{t>1} I_t) / sum I_t at the end", ">0"), of(i1_lead, "base")),
+                        "I_t is highest at t = 1 and becomes nearly 0 for t = 2..10 (epoch 300)",
+                        "(I_1 − max_{t>1} I_t) / Σ I_t at the last epoch", ">0"),
+                  st.i1_lead("base"), _FIT("base")),
         ClaimSpec(Claim("rise-first", "Early in training IC first rises (information spreads to later timesteps)",
-                        "epoch 20 has the highest IC", "IC_peak - IC_init", ">0"),
-                  of(ic_rise, "base")),
-    ),
-    figure="ic"))
+                        "SNN at epoch 20 yields the highest IC", "(IC_early − IC_start) / (T − 1)", ">0"),
+                  st.rise("base"), (st.fisher_tracked("base"),)),
+        ClaimSpec(Claim("i1-share-rises", "The share of information at t = 1 grows from early training to the end",
+                        "the early-time information increases", "share of I_1, end level − early level", ">0"),
+                  st.share_change("base", 0), _FIT("base")),
+        ClaimSpec(Claim("iT-share-falls", "The share of information at t = T shrinks from early training to the end",
+                        "the amount of Fisher information in the latter timesteps steadily decreases",
+                        "share of I_T, end level − early level", "<0"),
+                  st.share_change("base", -1), _FIT("base")),
+    )
+
+
+_add(Experiment("fig1", "Fig. 1: the information centroid across epochs, and I_t at four epochs",
+                runs=lambda scale: {"base": {}}, claims=_fig1, figure="ic"))
 
 _add(Experiment(
     "fig2", "Fig. 2: time-window deficits at five points in training",
     runs=lambda scale: {"base": {}}, analyses=_DEFICITS,
     claims=lambda scale: (
         ClaimSpec(Claim("early-window-hurts", "Late in training, noise in the first window hurts more than in the "
-                        "last", "early timesteps show higher noise sensitivity as training goes on",
-                        "Acc[1..3] - Acc[last window] at the end (accuracy, 0-1)", "<0"),
-                  of(deficit_first_window, "base", -1)),
-        ClaimSpec(Claim("flat-at-start", "At the start of training all windows show similar sensitivity (within 2 "
-                        "points)", "all timesteps show similar noise sensitivity early on",
-                        "Acc[1..3] - Acc[last window] at the first checkpoint", "~0", margin=0.02),
-                  of(deficit_first_window, "base", 0)),
+                        "last", "as training goes on, early timesteps show higher noise sensitivity compared to the "
+                        "later timesteps", "Acc[1..w] − Acc[last window] at the last checkpoint (accuracy, 0–1)",
+                        "<0"),
+                  st.deficit_first_window("base", "end"), (st.above_chance("base", "end"),)),
+        ClaimSpec(Claim("flat-at-start", "Early in training all windows show similar sensitivity (within 2 points)",
+                        "at the beginning of the training phase, all timesteps show similar noise sensitivity",
+                        "Acc[1..w] − Acc[last window] at the first checkpoint clearly above chance", "~0",
+                        margin=0.02),
+                  st.deficit_first_window("base", "start"), (st.above_chance("base", "start"),)),
     ),
     figure="deficits"))
 
-_add(Experiment(
-    "fig3", "Fig. 3: per-block Fisher information",
-    runs=lambda scale: {"base": {}},
-    claims=lambda scale: (
-        ClaimSpec(Claim("shallow-late", "At the end, the first block holds later information than the last "
-                        "(higher block IC)", "shallow and deep layers hold high information at the latter and early "
-                        "timesteps", "IC(first block) - IC(last block) at the end", ">0"), of(block_ic_gap, "base")),
-    ),
-    figure="blocks"))
+
+def _fig3(scale: str) -> tuple[ClaimSpec, ...]:
+    blocks = _blocks(scale)
+    if len(blocks) < 2:
+        return ()
+    gap = ClaimSpec(Claim("shallow-late", f"At the end, the first block ({blocks[0]}) holds later information than "
+                          f"the last ({blocks[-1]})", "shallow and deep layers contain high Fisher information at "
+                          "the latter and early timesteps", "(IC(first block) − IC(last block)) at the end / (T − 1)",
+                          ">0"),
+                    st.block_gap("base", blocks[0], blocks[-1]), _FIT("base"))
+    each = tuple(ClaimSpec(Claim(f"tic-{b}", f"Block {b} follows TIC (the TIC rule on its own Fisher information)",
+                                 "the overall trend of temporal information dynamics in each layer follows the TIC "
+                                 "trend", "(IC_end − min(IC_start, IC_early)) / (T − 1) of the block", "<0",
+                                 margin=TIC_MARGIN),
+                           st.block_tic("base", b), _FIT("base"))
+                 for b in blocks)
+    return (gap,) + each
+
+
+_add(Experiment("fig3", "Fig. 3: per-block Fisher information", runs=lambda scale: {"base": {}}, claims=_fig3,
+                figure="blocks"))
+
+_SIMILAR_ACC = 0.02  # "similar accuracy": within 2 points
+
 
 def _ablation(name: str, title: str, what: str, runs: Callable[[str], dict[str, dict]],
               extra: Callable[[str, list[str]], tuple[ClaimSpec, ...]] = lambda scale, labels: (),
-              tic: bool = True) -> None:
-    """A Fig. 4 panel: one run per value of one option; TIC claimed for each (unless `tic` is False) and the
-    panel's own claims, `extra(scale, labels)`."""
-    _add(Experiment(name, title, runs=runs, figure="ic", claims=lambda scale: (
-        (_tic_claims(list(runs(scale)), what) if tic else ()) + extra(scale, list(runs(scale))))))
+              same_accuracy: str | None = None) -> None:
+    """A Fig. 4 panel: one run per value of one option, the TIC rule for each, the panel's own claims
+    (`extra(scale, labels)`), and, when `same_accuracy` names the option, each value's accuracy against the
+    default's ("there was no conspicuous effect on accuracy", which the paper excepts for data and architecture)."""
+    def claims(scale: str) -> tuple[ClaimSpec, ...]:
+        r = runs(scale)
+        out = tuple(_tic_rule(lab, f"TIC appears with {what} {lab.split('=')[-1]}",
+                              "most cases show TIC at the later epochs (Fig. 4)") for lab in r)
+        out += extra(scale, list(r))
+        if same_accuracy:
+            base = _base_label(r, same_accuracy, scale)
+            out += () if base is None else tuple(ClaimSpec(Claim(f"acc-{lab}", f"Accuracy with {lab} is within 2 points of {base}",
+                                         "IC transition speed changes, but there was no conspicuous effect on "
+                                         "accuracy", f"acc({lab}) − acc({base})", "~0", margin=_SIMILAR_ACC),
+                                   st.diff(st.acc(lab), st.acc(base)), (st.fits(lab), st.fits(base)))
+                         for lab in r if lab != base)
+        return out
+    _add(Experiment(name, title, runs=runs, figure="ic", claims=claims))
 
 
 _ablation(
     "fig4-timesteps", "Fig. 4(a): TIC for several T", "T",
     lambda scale: {f"T={t}": {"timesteps": t} for t in _values(scale, [4, 6, 8], [4, 6, 8, 10])},
     lambda scale, labels: (
-        ClaimSpec(Claim("longer-T-later", "A longer T starts the IC transition later (IC peak at a later epoch)",
-                        "T = 4 drops at the very early epochs, T = 10 near epoch 80",
-                        "peak epoch fraction (longest T) - (shortest T)", ">0"),
-                  diff(peak_epoch_fraction, labels[-1], peak_epoch_fraction, labels[0])),))
+        ClaimSpec(Claim("longer-T-later", "A longer T starts the IC transition later (smoothed IC peaks later)",
+                        "a longer timestep starts late IC transition from high to low",
+                        "epoch of the smoothed IC peak / epochs: longest T − shortest T", ">0"),
+                  st.diff(st.transition(labels[-1]), st.transition(labels[0])),
+                  (st.fisher_tracked(labels[-1]), st.fisher_tracked(labels[0]))),),
+    same_accuracy="timesteps")
 
 _ablation(
     "fig4-tau", "Fig. 4(b): TIC for tau = 0.75, 2, 4", "tau",
     lambda scale: {f"tau={t}": {"tau": t} for t in _values(scale, [0.75, 2.0, 4.0], [0.75, 2.0, 4.0], [2.0, 4.0])},
     lambda scale, labels: (
         ClaimSpec(Claim("high-tau-higher-ic", "tau = 4 has a higher IC mid-training than tau = 2",
-                        "higher time constants show relatively higher IC", "IC(mid, tau=4) - IC(mid, tau=2)", ">0"),
-                  diff(lambda r: ic_at(r, 0.5), "tau=4.0", lambda r: ic_at(r, 0.5), "tau=2.0")),))
+                        "the higher time constant (tau = 4) shows relatively higher IC compared to the others",
+                        "(IC(tau=4) − IC(tau=2)) over the middle third of training / (T − 1)", ">0"),
+                  st.diff(st.ic_mid("tau=4.0"), st.ic_mid("tau=2.0")),
+                  (st.fisher_tracked("tau=4.0"), st.fisher_tracked("tau=2.0"))),),
+    same_accuracy="tau")
 
 _ablation(
     "fig4-weight-decay", "Fig. 4(c): TIC for several weight decays", "weight decay",
     lambda scale: {f"wd={w:g}": {"weight_decay": w} for w in _values(scale, [0.0, 5e-4, 5e-3], [0.0, 5e-4, 5e-3])},
     lambda scale, labels: (
         ClaimSpec(Claim("wd-no-change", "Weight decay does not change where information ends up (IC at the end "
-                        "within 0.5)", "weight decay does not make significant change on TIC",
-                        "IC_end(wd=5e-4) - IC_end(wd=0)", "~0", margin=0.5),
-                  diff(lambda r: ic_at(r, 1.0), "wd=0.0005", lambda r: ic_at(r, 1.0), "wd=0")),), tic=False)
+                        "within a tenth of its range)",
+                        "weight decay does not make significant change on the temporal concentration behavior",
+                        "(IC_end(wd=5e-4) − IC_end(wd=0)) / (T − 1)", "~0", margin=TIC_MARGIN),
+                  st.diff(st.ic_end("wd=0.0005"), st.ic_end("wd=0")), _FIT("wd=0.0005") + _FIT("wd=0")),),
+    same_accuracy="weight_decay")
 
 _ablation(
     "fig4-lr", "Fig. 4(d): TIC for four learning rates", "lr",
@@ -308,10 +260,11 @@ _ablation(
                    for v in _values(scale, [0.01, 0.03, 0.1, 0.3], [0.03, 0.08, 0.3, 0.8], [0.03, 0.1])},
     lambda scale, labels: (
         ClaimSpec(Claim("low-lr-later", "A lower learning rate starts the IC transition later",
-                        "lower lr shows late IC transition from late to early timesteps",
-                        "peak epoch fraction (lowest lr) - (base lr)", ">0"),
-                  diff(peak_epoch_fraction, labels[0], peak_epoch_fraction, f"lr={base_config(scale)['lr']:g}")),),
-    tic=False)
+                        "a lower lr shows late IC transition from late timesteps to early timesteps",
+                        "epoch of the smoothed IC peak / epochs: lowest lr − default lr", ">0"),
+                  st.diff(st.transition(labels[0]), st.transition(f"lr={base_config(scale)['lr']:g}")),
+                  (st.fisher_tracked(labels[0]), st.fisher_tracked(f"lr={base_config(scale)['lr']:g}"))),),
+    same_accuracy="lr")
 
 # scikit-learn's digits (the second offline dataset) has 450 test images: all of them are used.
 _DATASET_OVERRIDES = {"digits": {"test_subset": None}}
@@ -328,13 +281,17 @@ _ablation(
                                     ["alexnet", "resnet34"])},
     lambda scale, labels: (
         ClaimSpec(Claim("alexnet-higher-end-ic", "AlexNet ends with a higher IC than ResNet34",
-                        "AlexNet does not show very low IC at the end; ResNet34 concentrates in t = 1..3",
-                        "IC_end(alexnet) - IC_end(resnet34)", ">0"),
-                  diff(lambda r: ic_at(r, 1.0), "alexnet", lambda r: ic_at(r, 1.0), "resnet34")),))
+                        "AlexNet does not show very low IC value at the end; ResNet34 shows quick information "
+                        "concentration in timesteps 1~3", "(IC_end(alexnet) − IC_end(resnet34)) / (T − 1)", ">0"),
+                  st.diff(st.ic_end("alexnet"), st.ic_end("resnet34")), _FIT("alexnet") + _FIT("resnet34")),))
 
 
 def _alpha_runs(scale: str) -> dict[str, dict]:
     return {f"alpha-{lvl}": {"loss": "alpha", "alpha": a} for lvl, a in _ALPHAS[scale].items()}
+
+
+def _binds(*labels: str) -> tuple[Precondition, ...]:
+    return tuple(st.binds(lab) for lab in labels)
 
 
 _add(Experiment(
@@ -343,11 +300,22 @@ _add(Experiment(
     claims=lambda scale: (
         ClaimSpec(Claim("alpha-controls-fisher", "A smaller alpha leaves less Fisher information",
                         "smaller alpha shows less Fisher information across timesteps",
-                        "log sum I_t (alpha low) - log sum I_t (alpha high)", "<0"),
-                  diff(total_fisher, "alpha-low", total_fisher, "alpha-high")),
-        ClaimSpec(Claim("alpha-same-accuracy", "All alpha reach similar accuracy (within 2 points)",
-                        "all alpha configurations achieve similar accuracy", "acc(low) - acc(high)", "~0", margin=0.02),
-                  diff(final("test_acc"), "alpha-low", final("test_acc"), "alpha-high")),
+                        "log Σ I_t (alpha low) − log Σ I_t (alpha high), end of training", "<0"),
+                  st.diff(st.log_fisher_end("alpha-low"), st.log_fisher_end("alpha-high")),
+                  _binds("alpha-low", "alpha-high")),
+        ClaimSpec(Claim("alpha-high-rising", "With high alpha, Fisher information increases with t (IC at the end "
+                        "above the uniform (T + 1) / 2)",
+                        "alpha_high forces high Fisher information, therefore it increases as time goes on",
+                        "(IC_end(alpha high) − (T + 1) / 2) / (T − 1)", ">0"),
+                  st.ic_end_above_uniform("alpha-high"), _binds("alpha-high")),
+        ClaimSpec(Claim("alpha-high-later-ic", "High alpha ends with a higher IC than low alpha (it suppresses TIC)",
+                        "compared to alpha_low, alpha_high forces Fisher information to rise over time (Fig. 5(a))",
+                        "(IC_end(alpha high) − IC_end(alpha low)) / (T − 1)", ">0"),
+                  st.diff(st.ic_end("alpha-high"), st.ic_end("alpha-low")), _binds("alpha-low", "alpha-high")),
+        ClaimSpec(Claim("alpha-same-accuracy", "All alpha reach similar accuracy (low vs high within 2 points)",
+                        "all alpha configurations achieve similar accuracy (CIFAR-10: 92.04 vs 91.87)",
+                        "acc(low) − acc(high)", "~0", margin=_SIMILAR_ACC),
+                  st.diff(st.acc("alpha-low"), st.acc("alpha-high")), _binds("alpha-low", "alpha-high")),
     ),
     figure="alpha"))
 
@@ -356,19 +324,56 @@ def _table1_runs(scale: str) -> dict[str, dict]:
     return {"ce": {}, **_alpha_runs(scale)}
 
 
+_TABLE1 = (("pgd", "PGD", "−17.41 vs −59.46"), ("fgsm", "FGSM", "−14.82 vs −38.37"),
+           ("gaussian", "Gaussian-noise", "−23.03 vs −30.86"), ("blur", "blur", "−33.93 vs −37.32"))
+
+
+def _table1(scale: str) -> tuple[ClaimSpec, ...]:
+    lo, hi = "alpha-low", "alpha-high"
+    out = tuple(ClaimSpec(Claim(f"low-alpha-{k}", f"Low alpha loses less accuracy to {name} than high alpha",
+                                f"CIFAR-10 {name} drop from clean: {p}",
+                                f"{name} drop(high alpha) − drop(low alpha)", ">0"),
+                          st.diff(st.drop(hi, k), st.drop(lo, k)), _binds(lo, hi))
+                for k, name, p in _TABLE1)
+    out += tuple(ClaimSpec(Claim(f"{a}-below-{b}-{k}", f"{name} drop: alpha {a} < alpha {b} (the ordering low < "
+                                 "intermediate < high)", "for all noise, low alpha shows less performance drop; "
+                                 f"CIFAR-10 {name}: {p}", f"{name} drop({b}) − drop({a})", ">0"),
+                           st.diff(st.drop(f"alpha-{b}", k), st.drop(f"alpha-{a}", k)),
+                           _binds(f"alpha-{a}", f"alpha-{b}"))
+                 for k, name, p in (("pgd", "PGD", "−17.41 < −33.24 < −59.46"), ("fgsm", "FGSM",
+                                                                                  "−14.82 < −22.60 < −38.37"))
+                 for a, b in (("low", "intermediate"), ("intermediate", "high")))
+    out += (ClaimSpec(Claim("ce-below-high-pgd", "Cross-entropy (which shows TIC) loses less PGD accuracy than "
+                            "high alpha (which suppresses it)", "the SNN model that shows temporal concentration "
+                            "behavior might have better robustness (the argument after Eq. 11)",
+                            "PGD drop(high alpha) − drop(ce)", ">0"),
+                      st.diff(st.drop(hi, "pgd"), st.drop("ce", "pgd")), (st.fits("ce"),) + _binds(hi)),)
+    return out
+
+
 _add(Experiment(
     "table1", "Table 1: clean, Gaussian noise, blur, FGSM and PGD accuracy for cross-entropy and three alpha",
-    runs=_table1_runs, analyses=_ROBUST,
-    claims=lambda scale: tuple(
-        ClaimSpec(Claim(f"low-alpha-{k}", f"Low alpha keeps more {name} accuracy than high alpha",
-                        f"CIFAR-10 {name}: {p}", f"{name} acc(low alpha) - acc(high alpha)", ">0"),
-                  diff(robust(k), "alpha-low", robust(k), "alpha-high"))
-        for k, name, p in (("pgd", "PGD", "74.63 vs 32.58"), ("fgsm", "FGSM", "77.22 vs 53.50"),
-                           ("gaussian", "Gaussian-noise", "69.01 vs 61.01"), ("blur", "blur", "58.11 vs 54.55"))
-    ) + (ClaimSpec(Claim("alpha-clean-similar", "Clean accuracy is similar for low and high alpha (within 1 point)",
-                         "CIFAR-10 clean: 92.04 vs 91.87", "clean acc(low) - acc(high)", "~0", margin=0.01),
-                   diff(robust("clean"), "alpha-low", robust("clean"), "alpha-high")),),
-    figure="table"))
+    runs=_table1_runs, analyses=_ROBUST, claims=_table1, figure="table"))
+
+
+def _fig7(scale: str) -> tuple[ClaimSpec, ...]:
+    out = ()
+    for m in ("vgg16", "resnet19"):
+        out += (
+            ClaimSpec(Claim(f"{m}-late-near-zero", f"{m} trained with T = 5: information after t = 3 is near zero "
+                            "(under a tenth of the total)", "Fisher information shows near-zero values after T = 3 "
+                            "(Fig. 6(b))", "Σ_{t>3} I_t / Σ I_t at the end − 0.1", "<0"),
+                      st.late_share(m, 3), (st.fits(m),)),
+            ClaimSpec(Claim(f"{m}-t3-close", f"{m}: T_retrain = 3 is within 1 point of T = 5 at the highest sparsity",
+                            "for T_retrain = 3, 4, 5 we achieve similar pruning performance",
+                            "acc(T_retrain=5) − acc(T_retrain=3)", "~0", margin=0.01),
+                      st.diff(st.pruned(m, 5), st.pruned(m, 3)), (st.fits(m),)),
+            ClaimSpec(Claim(f"{m}-t2-worse", f"{m}: T_retrain = 2 loses more than 1 point against T = 5",
+                            "T_retrain = 2 shows huge performance degradation",
+                            "acc(T_retrain=5) − acc(T_retrain=2)", ">0", margin=0.01),
+                      st.diff(st.pruned(m, 5), st.pruned(m, 2)), (st.fits(m),)))
+    return out
+
 
 _add(Experiment(
     "fig7", "Fig. 7: accuracy against sparsity for several T_retrain, VGG16 and ResNet19",
@@ -379,17 +384,7 @@ _add(Experiment(
     analyses=lambda scale, label: {"prune": {"rounds": {"paper": 5, "cpu": 3, "smoke": 1}[scale], "rate": 0.5,
                                              "retrain_epochs": {"paper": 60, "cpu": 2, "smoke": 1}[scale],
                                              "t_retrain": [2, 3, 5] if scale != "smoke" else [2, 5]}},
-    claims=lambda scale: tuple(
-        c for m in ("vgg16", "resnet19") for c in (
-            ClaimSpec(Claim(f"{m}-t3-close", f"{m}: T_retrain = 3 is within 1 point of T = 5 at the highest sparsity",
-                            "T_retrain = 3, 4, 5 achieve similar pruning performance",
-                            "acc(T_retrain=5) - acc(T_retrain=3)", "~0", margin=0.01),
-                      diff(lambda r: pruned_acc(r, 5), m, lambda r: pruned_acc(r, 3), m)),
-            ClaimSpec(Claim(f"{m}-t2-worse", f"{m}: T_retrain = 2 loses more than 1 point against T = 5",
-                            "T_retrain = 2 shows huge performance degradation",
-                            "acc(T_retrain=5) - acc(T_retrain=2)", ">0", margin=0.01),
-                      diff(lambda r: pruned_acc(r, 5), m, lambda r: pruned_acc(r, 2), m)))),
-    figure="pruning"))
+    claims=_fig7, figure="pruning"))
 
 # Accuracy only, no Fisher: at CPU scale 15 epochs, a budget the accuracy comparison across T shares.
 _PILOT_EPOCHS = {"paper": {}, "cpu": {"epochs": 15}, "smoke": {}}
@@ -401,12 +396,14 @@ _add(Experiment(
                         for m in ("resnet19", "alexnet") for t in _values(scale, [2, 4, 8], [2, 4, 8], [2, 4])},
     claims=lambda scale: (
         ClaimSpec(Claim("resnet19-saturates-4", "ResNet19 saturates at T = 4 (T = 8 within 1 point)",
-                        "ResNet19 shows performance saturation at timestep 4", "acc(T=8) - acc(T=4)", "~0",
+                        "ResNet19 shows performance saturation at timestep 4", "acc(T=8) − acc(T=4)", "~0",
                         margin=0.01),
-                  diff(final("test_acc"), "resnet19-T=8", final("test_acc"), "resnet19-T=4")),
+                  st.diff(st.acc("resnet19-T=8"), st.acc("resnet19-T=4")),
+                  (st.fits("resnet19-T=8"), st.fits("resnet19-T=4"))),
         ClaimSpec(Claim("alexnet-needs-8", "AlexNet still gains more than 1 point from T = 4 to T = 8",
-                        "AlexNet saturates at timestep 8", "acc(T=8) - acc(T=4)", ">0", margin=0.01),
-                  diff(final("test_acc"), "alexnet-T=8", final("test_acc"), "alexnet-T=4")),
+                        "AlexNet saturates at timestep 8", "acc(T=8) − acc(T=4)", ">0", margin=0.01),
+                  st.diff(st.acc("alexnet-T=8"), st.acc("alexnet-T=4")),
+                  (st.fits("alexnet-T=8"), st.fits("alexnet-T=4"))),
     ),
     figure="accuracy-vs-T"))
 
@@ -414,12 +411,6 @@ _add(Experiment(
 # -- beyond the paper: hypotheses written before any run, judged by the same rules ----------------------------
 
 _HYPOTHESIS = "no claim in the paper: a hypothesis stated before the run"
-
-
-def _tic_hypothesis(label: str, what: str) -> ClaimSpec:
-    return ClaimSpec(Claim(f"tic-{label}", f"TIC (IC at the end <= IC at its peak - 1) also appears under {what}",
-                           _HYPOTHESIS, "IC_end - (IC_peak - 1)", "<0"),
-                     of(tic_margin, label))
 
 
 def _loss_runs(scale: str) -> dict[str, dict]:
@@ -431,14 +422,16 @@ _add(Experiment(
     "tic-vs-loss", "Beyond the paper: TIC under mean-output CE, per-timestep CE, TET and the alpha-loss",
     runs=_loss_runs, analyses=_ROBUST,
     claims=lambda scale: (
-        _tic_hypothesis("per-timestep", "per-timestep cross-entropy"), _tic_hypothesis("tet", "TET (lambda 0.05)"),
+        _tic_rule("per-timestep", "TIC also appears under per-timestep cross-entropy", _HYPOTHESIS),
+        _tic_rule("tet", "TIC also appears under TET (lambda 0.05)", _HYPOTHESIS),
         ClaimSpec(Claim("per-timestep-spreads", "Per-timestep CE ends with a higher IC than mean-output CE "
                         "(every timestep is trained to classify on its own)", _HYPOTHESIS,
-                        "IC_end(per-timestep) - IC_end(ce)", ">0"),
-                  diff(lambda r: ic_at(r, 1.0), "per-timestep", lambda r: ic_at(r, 1.0), "ce")),
-        ClaimSpec(Claim("per-timestep-pgd", "Per-timestep CE keeps more PGD accuracy than mean-output CE",
-                        _HYPOTHESIS, "PGD acc(per-timestep) - PGD acc(ce)", ">0"),
-                  diff(robust("pgd"), "per-timestep", robust("pgd"), "ce")),
+                        "(IC_end(per-timestep) − IC_end(ce)) / (T − 1)", ">0"),
+                  st.diff(st.ic_end("per-timestep"), st.ic_end("ce")), _FIT("per-timestep") + _FIT("ce")),
+        ClaimSpec(Claim("per-timestep-pgd", "Per-timestep CE loses less accuracy to PGD than mean-output CE",
+                        _HYPOTHESIS, "PGD drop(ce) − drop(per-timestep)", ">0"),
+                  st.diff(st.drop("ce", "pgd"), st.drop("per-timestep", "pgd")),
+                  (st.fits("per-timestep"), st.fits("ce"))),
     ),
     figure="ic"))
 
@@ -446,13 +439,15 @@ _add(Experiment(
     "tic-vs-encoding", "Beyond the paper: TIC under direct and Poisson (rate) coding",
     runs=lambda scale: {"direct": {}, "poisson": {"encoding": "poisson"}}, analyses=_ROBUST,
     claims=lambda scale: (
-        _tic_hypothesis("poisson", "Poisson (rate) coding"),
+        _tic_rule("poisson", "TIC also appears under Poisson (rate) coding", _HYPOTHESIS),
         ClaimSpec(Claim("poisson-later", "Poisson coding ends with a higher IC than direct coding (each timestep "
-                        "sees only a sample of the image)", _HYPOTHESIS, "IC_end(poisson) - IC_end(direct)", ">0"),
-                  diff(lambda r: ic_at(r, 1.0), "poisson", lambda r: ic_at(r, 1.0), "direct")),
-        ClaimSpec(Claim("poisson-pgd", "Poisson coding keeps more PGD accuracy than direct coding", _HYPOTHESIS,
-                        "PGD acc(poisson) - PGD acc(direct)", ">0"),
-                  diff(robust("pgd"), "poisson", robust("pgd"), "direct")),
+                        "sees only a sample of the image)", _HYPOTHESIS,
+                        "(IC_end(poisson) − IC_end(direct)) / (T − 1)", ">0"),
+                  st.diff(st.ic_end("poisson"), st.ic_end("direct")), _FIT("poisson") + _FIT("direct")),
+        ClaimSpec(Claim("poisson-pgd", "Poisson coding loses less accuracy to PGD than direct coding", _HYPOTHESIS,
+                        "PGD drop(direct) − drop(poisson)", ">0"),
+                  st.diff(st.drop("direct", "pgd"), st.drop("poisson", "pgd")),
+                  (st.fits("poisson"), st.fits("direct"))),
     ),
     figure="ic"))
 

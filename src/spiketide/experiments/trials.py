@@ -144,18 +144,26 @@ class RunResult:
 
     def __init__(self, path: str | os.PathLike):
         self.run = RunDir(path)
+        self._analyses: dict[str, dict] | None = None
         try:
             self.config = self.run.read_config() if self.run.exists() else {}
             self.metrics = self.run.read_metrics() if self.run.exists() else []
         except CheckpointError:
             self.config, self.metrics = {}, []
 
+    @classmethod
+    def from_records(cls, config: dict, metrics: list[dict], analyses: dict[str, dict] | None = None) -> RunResult:
+        """A result held in memory (what a run directory would hold): for statistics on constructed runs."""
+        self = cls.__new__(cls)
+        self.run, self.config, self.metrics, self._analyses = None, dict(config), list(metrics), dict(analyses or {})
+        return self
+
     @property
     def trained(self) -> bool:
         return bool(self.metrics) and self.metrics[-1]["epoch"] == self.config.get("epochs")
 
     def done(self, analyses: dict) -> bool:
-        return self.trained and all((self.run.path / ANALYSES[a][0]).is_file() for a in analyses)
+        return self.trained and all(self.analysis(a) is not None for a in analyses)
 
     def final(self, key: str):
         return self.metrics[-1].get(key) if self.trained else None
@@ -165,6 +173,8 @@ class RunResult:
         return [(r["epoch"], r["fisher"]) for r in self.metrics if r.get("fisher")] if self.trained else []
 
     def analysis(self, name: str) -> dict | None:
+        if self._analyses is not None:
+            return self._analyses.get(name)
         p = self.run.path / ANALYSES[name][0]
         try:
             return json.loads(p.read_text()) if p.is_file() else None
