@@ -13,46 +13,85 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from spiketide.errors import ConfigError
 from spiketide import models
+from spiketide.errors import ConfigError
 from spiketide.experiments import statistics as st
 from spiketide.experiments.statistics import ClaimSpec, Precondition
 from spiketide.experiments.trials import resolve_config
 from spiketide.experiments.verdicts import Claim
 from spiketide.fisher.tic import TIC_MARGIN
+from spiketide.losses import ALPHA_PRESETS
 
-__all__ = ["SCALES", "EXPERIMENTS", "Experiment", "ClaimSpec", "base_config", "resolve_names", "trial_seconds"]
+__all__ = ["SCALES", "Scale", "EXPERIMENTS", "Experiment", "ClaimSpec", "base_config", "scale_of", "resolve_names",
+           "trial_seconds"]
 
-SCALES = ("smoke", "cpu", "paper")
+@dataclass(frozen=True)
+class Scale:
+    """Everything one scale sets, in one place."""
 
-_BASE = {
-    "smoke": dict(model="convnet", dataset="fashion-mnist", subset=60, test_subset=60, augment=False, timesteps=4,
+    base: dict                 # TrainConfig options of every run, before an experiment's own
+    samples: int               # test images for robustness and deficits
+    pgd_iters: int
+    deficit_window: int
+    epoch_seconds: float       # measured seconds of one base epoch, Fisher tracking included (--list, scheduling)
+    model_cost: dict           # epoch cost of a model against the base model
+    alphas: dict               # low / intermediate / high alpha (Eq. 9-10)
+    arch_width: float          # width of the paper's topologies (Fig. 4(f), Fig. 7, the pilot)
+    arch_fisher_every: int
+    pilot: dict                # the pilot's own TrainConfig options
+    prune: dict                # Fig. 7: rounds, retrain_epochs, t_retrain
+    values: dict               # each Fig. 4 panel's values, and the pilot's T
+
+
+_SCALES = {
+    "smoke": Scale(
+        base=dict(model="convnet", dataset="fashion-mnist", subset=60, test_subset=60, augment=False, timesteps=4,
                   tau=2.0, epochs=3, batch_size=20, lr=0.1, fisher_every=1, fisher_samples=16, fisher_per_layer=True,
                   checkpoint_epochs=[0, 1, 2, 3], fast_lif=False),
-    # Half-width convnet: 500 images to a training loss near 0.05 in 60 epochs (IC 3.98 -> 2.27, measured),
-    # at a third of the full width's cost; test accuracy every 5 epochs (evaluation was a third of an epoch).
-    "cpu": dict(model="convnet", width=0.5, dataset="fashion-mnist", subset=500, test_subset=500, augment=False,
-                timesteps=6, tau=2.0, epochs=60, batch_size=25, lr=0.1, eval_every=5, fisher_every=5,
-                fisher_samples=128, fisher_per_layer=True, checkpoint_epochs=[1, 10, 20, 40, 60]),
-    "paper": dict(model="resnet19", dataset="cifar10", timesteps=10, tau=2.0, epochs=300, batch_size=128, lr=0.3,
+        samples=40, pgd_iters=2, deficit_window=2, epoch_seconds=1.5,
+        model_cost={"resnet19": 4.0, "resnet34": 5.0, "vgg16": 2.5},
+        alphas={"low": 0.5, "intermediate": 1.0, "high": 2.0}, arch_width=0.125, arch_fisher_every=1, pilot={},
+        prune=dict(rounds=1, retrain_epochs=1, t_retrain=[2, 5]),
+        values=dict(timesteps=[4, 6], tau=[2.0, 4.0], weight_decay=[0.0, 5e-4], lr=[0.03, 0.1],
+                    dataset=["fashion-mnist", "digits"], model=["alexnet", "resnet34"], pilot_timesteps=[2, 4])),
+    # Half-width convnet: 500 images to a training loss near 0.05 in 60 epochs (IC 3.98 -> 2.27, measured), at a
+    # third of the full width's cost; test accuracy every 5 epochs (evaluation was a third of an epoch). Epoch
+    # time: one thread, two trials at a time on the 2-core machine. The paper's topologies at 1/16 width (ResNet34
+    # at 1/8 took 9 s per epoch), their Fisher every 10 epochs (a measurement costs 1.4 of their epochs). Alpha
+    # against the per-horizon losses a CPU run reaches (about 0.02-0.1 at the end): the paper's 1e-3..7e-2 never
+    # bind there (measurements: alpha 1e-3 and 1e-2 gave identical models).
+    "cpu": Scale(
+        base=dict(model="convnet", width=0.5, dataset="fashion-mnist", subset=500, test_subset=500, augment=False,
+                  timesteps=6, tau=2.0, epochs=60, batch_size=25, lr=0.1, eval_every=5, fisher_every=5,
+                  fisher_samples=128, fisher_per_layer=True, checkpoint_epochs=[1, 10, 20, 40, 60]),
+        samples=500, pgd_iters=10, deficit_window=3, epoch_seconds=2.3,
+        model_cost={"resnet19": 2.6, "resnet34": 4.1, "vgg16": 1.35, "alexnet": 1.0},
+        alphas={"low": 0.02, "intermediate": 0.1, "high": 0.3}, arch_width=0.0625, arch_fisher_every=10,
+        pilot={"epochs": 15}, prune=dict(rounds=3, retrain_epochs=2, t_retrain=[2, 3, 5]),
+        values=dict(timesteps=[4, 6, 8], tau=[0.75, 2.0, 4.0], weight_decay=[0.0, 5e-4, 5e-3],
+                    lr=[0.01, 0.03, 0.1, 0.3], dataset=["fashion-mnist", "digits"],
+                    model=["alexnet", "resnet19", "resnet34"], pilot_timesteps=[2, 4, 8])),
+    # The paper's setting; the epoch time is the H200 ResNet19 epoch in BENCHMARKS.md.
+    "paper": Scale(
+        base=dict(model="resnet19", dataset="cifar10", timesteps=10, tau=2.0, epochs=300, batch_size=128, lr=0.3,
                   fisher_every=20, fisher_samples=1024, fisher_per_layer=True, checkpoint_epochs=[1, 20, 40, 140, 300]),
+        samples=10000, pgd_iters=10, deficit_window=3, epoch_seconds=24.6,
+        model_cost={"resnet34": 1.2, "vgg16": 0.6, "alexnet": 0.3},
+        alphas=dict(ALPHA_PRESETS["cifar10"]), arch_width=1.0, arch_fisher_every=20, pilot={},
+        prune=dict(rounds=5, retrain_epochs=60, t_retrain=[2, 3, 5]),
+        values=dict(timesteps=[4, 6, 8, 10], tau=[0.75, 2.0, 4.0], weight_decay=[0.0, 5e-4, 5e-3],
+                    lr=[0.03, 0.08, 0.3, 0.8], dataset=["cifar10", "svhn", "fashion-mnist"],
+                    model=["alexnet", "resnet19", "resnet34"], pilot_timesteps=[2, 4, 8])),
 }
-# Analysis sizes per scale: test images for robustness / deficits, PGD iterations, pruning rounds.
-_EVAL = {"smoke": dict(samples=40, pgd_iters=2), "cpu": dict(samples=500, pgd_iters=10),
-         "paper": dict(samples=10000, pgd_iters=10)}
-# Seconds per epoch of one base trial, Fisher tracking included (cpu: the half-width convnet on 500 images, one
-# thread, two trials at a time on the 2-core machine; paper: the H200 ResNet19 epoch in BENCHMARKS.md), scaled by
-# epochs x T x model cost for --list and for scheduling the longest trials first.
-_EPOCH_SECONDS = {"smoke": 1.5, "cpu": 2.3, "paper": 24.6}
-# Relative cost of a model against the scale's base model (CPU: 1/16-width models against the half-width convnet,
-# epochs timed two at a time).
-_MODEL_COST = {"smoke": {"resnet19": 4.0, "resnet34": 5.0, "vgg16": 2.5},
-               "cpu": {"resnet19": 2.6, "resnet34": 4.1, "vgg16": 1.35, "alexnet": 1.0},
-               "paper": {"resnet34": 1.2, "vgg16": 0.6, "alexnet": 0.3}}
+SCALES = tuple(_SCALES)
+
+
+def scale_of(name: str) -> Scale:
+    return _SCALES[name]
 
 
 def base_config(scale: str) -> dict:
-    return dict(_BASE[scale])
+    return dict(_SCALES[scale].base)
 
 
 @dataclass(frozen=True)
@@ -81,28 +120,20 @@ def trial_seconds(scale: str, config: dict, analyses: dict) -> float:
     scaled by model cost and T."""
     prune = analyses.get("prune")
     epochs = config["epochs"] + (prune["retrain_epochs"] * prune["rounds"] * len(prune["t_retrain"]) if prune else 0)
-    return (epochs * _EPOCH_SECONDS[scale] * _MODEL_COST[scale].get(config["model"], 1.0)
-            * config["timesteps"] / base_config(scale)["timesteps"])
+    sc = _SCALES[scale]
+    return (epochs * sc.epoch_seconds * sc.model_cost.get(config["model"], 1.0)
+            * config["timesteps"] / sc.base["timesteps"])
 
 
-def _values(scale: str, cpu, paper, smoke=None):
-    return {"paper": paper, "cpu": cpu, "smoke": smoke if smoke is not None else cpu[:2]}[scale]
+def _values(scale: str, key: str) -> list:
+    return _SCALES[scale].values[key]
 
 
-_DEFICITS = lambda scale, label: {"deficits": {"samples": _EVAL[scale]["samples"],  # noqa: E731
+_DEFICITS = lambda scale, label: {"deficits": {"samples": _SCALES[scale].samples,  # noqa: E731
                                                "epochs": base_config(scale)["checkpoint_epochs"],
-                                               "window": 3 if scale != "smoke" else 2}}
-_ROBUST = lambda scale, label: {"robustness": dict(_EVAL[scale])}  # noqa: E731
-
-# CPU-scale alpha values sit against the per-horizon losses a CPU run reaches (about 0.02-0.1 at the end):
-# the paper's 1e-3..7e-2 never bind there (measurements: alpha 1e-3 and 1e-2 gave identical models).
-_ALPHAS = {"paper": {"low": 1e-3, "intermediate": 1e-2, "high": 7e-2},
-           "cpu": {"low": 0.02, "intermediate": 0.1, "high": 0.3},
-           "smoke": {"low": 0.5, "intermediate": 1.0, "high": 2.0}}
-# 1/16 width: the paper's ResNets fit 500 images within the CPU budget (ResNet34 at 1/8 took 9 s per epoch).
-_ARCH_WIDTH = {"paper": 1.0, "cpu": 0.0625, "smoke": 0.125}
-# Fisher tracking of the deeper architectures every 10 epochs at CPU scale: their measurement costs 1.4 epochs.
-_ARCH_FISHER_EVERY = {"paper": 20, "cpu": 10, "smoke": 1}
+                                               "window": _SCALES[scale].deficit_window}}
+_ROBUST = lambda scale, label: {"robustness": dict(samples=_SCALES[scale].samples,  # noqa: E731
+                                                   pgd_iters=_SCALES[scale].pgd_iters)}
 
 EXPERIMENTS: dict[str, Experiment] = {}
 
@@ -223,7 +254,7 @@ def _ablation(name: str, title: str, what: str, runs: Callable[[str], dict[str, 
 
 _ablation(
     "fig4-timesteps", "Fig. 4(a): TIC for several T", "T",
-    lambda scale: {f"T={t}": {"timesteps": t} for t in _values(scale, [4, 6, 8], [4, 6, 8, 10])},
+    lambda scale: {f"T={t}": {"timesteps": t} for t in _values(scale, "timesteps")},
     lambda scale, labels: (
         ClaimSpec(Claim("longer-T-later", "A longer T starts the IC transition later (smoothed IC peaks later)",
                         "a longer timestep starts late IC transition from high to low",
@@ -234,7 +265,7 @@ _ablation(
 
 _ablation(
     "fig4-tau", "Fig. 4(b): TIC for tau = 0.75, 2, 4", "tau",
-    lambda scale: {f"tau={t}": {"tau": t} for t in _values(scale, [0.75, 2.0, 4.0], [0.75, 2.0, 4.0], [2.0, 4.0])},
+    lambda scale: {f"tau={t}": {"tau": t} for t in _values(scale, "tau")},
     lambda scale, labels: (
         ClaimSpec(Claim("high-tau-higher-ic", "tau = 4 has a higher IC mid-training than tau = 2",
                         "the higher time constant (tau = 4) shows relatively higher IC compared to the others",
@@ -245,7 +276,7 @@ _ablation(
 
 _ablation(
     "fig4-weight-decay", "Fig. 4(c): TIC for several weight decays", "weight decay",
-    lambda scale: {f"wd={w:g}": {"weight_decay": w} for w in _values(scale, [0.0, 5e-4, 5e-3], [0.0, 5e-4, 5e-3])},
+    lambda scale: {f"wd={w:g}": {"weight_decay": w} for w in _values(scale, "weight_decay")},
     lambda scale, labels: (
         ClaimSpec(Claim("wd-no-change", "Weight decay does not change where information ends up (IC at the end "
                         "within a tenth of its range)",
@@ -257,7 +288,7 @@ _ablation(
 _ablation(
     "fig4-lr", "Fig. 4(d): TIC for four learning rates", "lr",
     lambda scale: {f"lr={v:g}": {"lr": v}
-                   for v in _values(scale, [0.01, 0.03, 0.1, 0.3], [0.03, 0.08, 0.3, 0.8], [0.03, 0.1])},
+                   for v in _values(scale, "lr")},
     lambda scale, labels: (
         ClaimSpec(Claim("low-lr-later", "A lower learning rate starts the IC transition later",
                         "a lower lr shows late IC transition from late timesteps to early timesteps",
@@ -272,13 +303,12 @@ _DATASET_OVERRIDES = {"digits": {"test_subset": None}}
 _ablation(
     "fig4-dataset", "Fig. 4(e): TIC on several datasets", "dataset",
     lambda scale: {d: {"dataset": d, **_DATASET_OVERRIDES.get(d, {})}
-                   for d in _values(scale, ["fashion-mnist", "digits"], ["cifar10", "svhn", "fashion-mnist"])})
+                   for d in _values(scale, "dataset")})
 
 _ablation(
     "fig4-arch", "Fig. 4(f): TIC for AlexNet, ResNet19, ResNet34", "architecture",
-    lambda scale: {m: {"model": m, "width": _ARCH_WIDTH[scale], "fisher_every": _ARCH_FISHER_EVERY[scale]}
-                   for m in _values(scale, ["alexnet", "resnet19", "resnet34"], ["alexnet", "resnet19", "resnet34"],
-                                    ["alexnet", "resnet34"])},
+    lambda scale: {m: {"model": m, "width": _SCALES[scale].arch_width,
+                       "fisher_every": _SCALES[scale].arch_fisher_every} for m in _values(scale, "model")},
     lambda scale, labels: (
         ClaimSpec(Claim("alexnet-higher-end-ic", "AlexNet ends with a higher IC than ResNet34",
                         "AlexNet does not show very low IC value at the end; ResNet34 shows quick information "
@@ -287,7 +317,7 @@ _ablation(
 
 
 def _alpha_runs(scale: str) -> dict[str, dict]:
-    return {f"alpha-{lvl}": {"loss": "alpha", "alpha": a} for lvl, a in _ALPHAS[scale].items()}
+    return {f"alpha-{lvl}": {"loss": "alpha", "alpha": a} for lvl, a in _SCALES[scale].alphas.items()}
 
 
 def _binds(*labels: str) -> tuple[Precondition, ...]:
@@ -378,22 +408,20 @@ def _fig7(scale: str) -> tuple[ClaimSpec, ...]:
 _add(Experiment(
     "fig7", "Fig. 7: accuracy against sparsity for several T_retrain, VGG16 and ResNet19",
     # Fisher measured once at the end (and at initialisation): Fig. 6(b), information near zero after t = 3.
-    runs=lambda scale: {m: {"model": m, "width": _ARCH_WIDTH[scale], "timesteps": 5,
+    runs=lambda scale: {m: {"model": m, "width": _SCALES[scale].arch_width, "timesteps": 5,
                             "fisher_every": base_config(scale)["epochs"]}
                         for m in ("vgg16", "resnet19")},
-    analyses=lambda scale, label: {"prune": {"rounds": {"paper": 5, "cpu": 3, "smoke": 1}[scale], "rate": 0.5,
-                                             "retrain_epochs": {"paper": 60, "cpu": 2, "smoke": 1}[scale],
-                                             "t_retrain": [2, 3, 5] if scale != "smoke" else [2, 5]}},
+    analyses=lambda scale, label: {"prune": {"rounds": _SCALES[scale].prune["rounds"], "rate": 0.5,
+                                             "retrain_epochs": _SCALES[scale].prune["retrain_epochs"],
+                                             "t_retrain": list(_SCALES[scale].prune["t_retrain"])}},
     claims=_fig7, figure="pruning"))
-
-# Accuracy only, no Fisher: at CPU scale 15 epochs, a budget the accuracy comparison across T shares.
-_PILOT_EPOCHS = {"paper": {}, "cpu": {"epochs": 15}, "smoke": {}}
 
 _add(Experiment(
     "pilot-timesteps", "Pilot: accuracy against T for a high- and a low-capacity model",
-    runs=lambda scale: {f"{m}-T={t}": {"model": m, "width": _ARCH_WIDTH[scale], "timesteps": t, "fisher_every": 0,
-                                       "checkpoint_epochs": [], **_PILOT_EPOCHS[scale]}
-                        for m in ("resnet19", "alexnet") for t in _values(scale, [2, 4, 8], [2, 4, 8], [2, 4])},
+    # Accuracy only, no Fisher: at CPU scale 15 epochs, a budget the accuracy comparison across T shares.
+    runs=lambda scale: {f"{m}-T={t}": {"model": m, "width": _SCALES[scale].arch_width, "timesteps": t,
+                                       "fisher_every": 0, "checkpoint_epochs": [], **_SCALES[scale].pilot}
+                        for m in ("resnet19", "alexnet") for t in _values(scale, "pilot_timesteps")},
     claims=lambda scale: (
         ClaimSpec(Claim("resnet19-saturates-4", "ResNet19 saturates at T = 4 (T = 8 within 1 point)",
                         "ResNet19 shows performance saturation at timestep 4", "acc(T=8) − acc(T=4)", "~0",
@@ -415,7 +443,7 @@ _HYPOTHESIS = "no claim in the paper: a hypothesis stated before the run"
 
 def _loss_runs(scale: str) -> dict[str, dict]:
     return {"ce": {}, "per-timestep": {"loss": "per-timestep"}, "tet": {"loss": "tet", "tet_lambda": 0.05},
-            "alpha": {"loss": "alpha", "alpha": _ALPHAS[scale]["intermediate"]}}
+            "alpha": {"loss": "alpha", "alpha": _SCALES[scale].alphas["intermediate"]}}
 
 
 _add(Experiment(
