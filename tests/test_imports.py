@@ -15,7 +15,7 @@ LAYERS = [
     {"errors"},
     {"neuron", "evaluation", "progress", "adapters"},
     {"models", "data", "losses", "runs"},
-    {"fisher", "robustness", "pruning", "early_exit", "plots", "stats"},
+    {"fisher", "robustness", "pruning", "early_exit", "plots", "stats", "nir"},
     {"callbacks"},
     {"train"},
     {"experiments", "demo"},
