@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from spiketide.fisher.tic import EARLY, END, TIC_MARGIN, MissingValue, ic_levels, tic_score
 from spiketide.runs import RunDir
 
 __all__ = ["fisher_records", "pick_epochs", "plot_fig1", "plot_fig3", "plot_deficits", "plot_pruning", "plot_run", "save"]
@@ -64,6 +65,8 @@ def plot_fig1(records: list[dict], epochs: list[int] | None = None, title: str |
     colors = [f"C{i}" for i in range(len(shown))]
     for e, c in zip(shown, colors):
         ax_ic.plot([e], [by_epoch[e]["centroid"]], "o", color=c, ms=8, zorder=3)
+    tic = _mark_tic_levels(ax_ic, [(e, by_epoch[e]["centroid"]) for e in all_epochs],
+                           len(recs[-1]["fisher"]["trace"]) if recs else 0, records[-1]["epoch"] if records else 0)
     ax_ic.set_xlabel("epoch")
     ax_ic.set_ylabel("information centroid (Eq. 7)")
     ax_ic.grid(alpha=0.3)
@@ -81,9 +84,21 @@ def plot_fig1(records: list[dict], epochs: list[int] | None = None, title: str |
     ax_t.legend(frameon=False, fontsize=8)
     ax_t.grid(alpha=0.3)
     est = recs[0]["fisher"].get("estimator", "") if recs else ""
-    fig.suptitle(title or f"Temporal information dynamics ({est} Fisher; dotted: centroid)", fontsize=10)
+    fig.suptitle(title or f"Temporal information dynamics ({est} Fisher; dotted: centroid; {tic})", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _mark_tic_levels(ax, series: list[tuple[int, float | None]], timesteps: int, epochs: int) -> str:
+    """Draw the early and end IC levels that the TIC rule (fisher.tic) compares; return its verdict in words."""
+    try:
+        lv = ic_levels(series, timesteps, epochs)
+    except MissingValue as exc:
+        return f"TIC not measurable: {exc}"
+    for (lo, hi), level in ((EARLY, lv.early), (END, lv.end)):
+        ax.hlines(level, lo * epochs, hi * epochs, colors="0.45", linestyles="--", lw=1.2)
+    score = tic_score(lv)
+    return f"dashed: early and end IC levels; TIC {'yes' if score < -TIC_MARGIN else 'no'}, score {score:.2f}"
 
 
 def plot_fig3(records: list[dict], epochs: list[int] | None = None) -> Figure | None:
