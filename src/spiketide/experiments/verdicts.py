@@ -249,6 +249,8 @@ def format_mean_ci(v: Verdict, digits: int = 2) -> str:
 def format_verdict(v: Verdict, holm_adjusted: bool = False) -> str:
     """The verdict word, marked when seeds are missing and followed by the reason when untestable or missing."""
     word = v.holm if holm_adjusted and v.holm is not None else v.verdict
+    if holm_adjusted and word in ("untestable", "missing"):
+        return word  # the reason stands beside it, in the claim's own verdict
     if word == "untestable":
         return f"untestable at this scale: {v.untestable[0]}" + (
             f" (+{len(v.untestable) - 1} more)" if len(v.untestable) > 1 else "")
