@@ -313,8 +313,11 @@ def test_export_nir_command(tmp_path, capsys):
     assert cli.main(["export-nir", str(run), "--pooling", "sum", "--dt", "1e-3"]) == 0  # default: RUN_DIR/model.nir
     assert float(nir.read(run / "model.nir").metadata["dt"]) == 1e-3
     capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["export-nir", "--help"])
+    assert exit_.value.code == 0 and "--pooling" in capsys.readouterr().out
     for argv, message in ((["export-nir", str(tmp_path / "nope")], "does not exist"),
-                          (["export-nir", str(run), "--dt", "0"], "--dt must be a number")):
+                          (["export-nir", str(run), "--dt", "0"], "dt must be")):
         try:
             code = cli.main(argv)
         except SystemExit as e:
