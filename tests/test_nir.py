@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pytest
 import torch
+import torch.nn.utils.prune
 
 nir = pytest.importorskip("nir")  # a guard only: the test extra installs nir==1.0.8
 
@@ -131,6 +132,20 @@ def test_odd_maps_pool_through_a_conv_and_scale(tmp_path):
     scales = [k for k, n in graph.nodes.items() if isinstance(n, nir.Scale)]
     assert scales == ["pool7_border"]
     np.testing.assert_array_equal(graph.nodes["pool7_border"].scale[0, :, 3], [2, 2, 2, 4])
+
+
+def test_pruned_model_exports_the_weights_in_force(tmp_path):
+    """torch.nn.utils.prune recomputes `weight` only in forward; a checkpoint loaded into a pruned model leaves it
+    stale until then, and the export must still take weight_orig * weight_mask."""
+    model, x = _model("convnet", 28, 1, 0.25)
+    for mod in (model.stem[0], model.block1[0], model.fc):
+        torch.nn.utils.prune.random_unstructured(mod, "weight", amount=0.3)
+    state = {k: v * 1.2 if k.endswith("weight_orig") else v for k, v in model.state_dict().items()}
+    model.load_state_dict(state)  # what load_model does; `weight` still holds the old values
+    graph, back = _roundtrip(model, tmp_path)
+    with torch.no_grad():
+        assert _rel(model(x), back(x)) <= 1e-6
+    assert (graph.nodes["block1"].weight == 0).mean() > 0.25
 
 
 def test_poisson_model_exports_its_spiking_input(tmp_path):

@@ -92,7 +92,7 @@ class _Export:
 
     def conv(self, name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, shape: tuple, src: str) -> tuple[str, tuple]:
         """A conv with its BatchNorm folded in (running statistics): w' = w g/s, b' = beta + (b - mu) g/s."""
-        w = conv.weight.detach().to(torch.float64)
+        w = _weight(conv)
         b = conv.bias.detach().to(torch.float64) if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
         if bn is not None:
             w, b = _fold_bn(w, b, bn)
@@ -140,7 +140,7 @@ class _Export:
     def head(self, name: str, pools: list[nn.Module], fc: nn.Linear, bn: nn.BatchNorm1d | None, shape: tuple,
              src: str) -> tuple[str, tuple]:
         """(Flatten +) one Affine computing fc(pools(x).flatten()) (and BatchNorm1d after fc, if given)."""
-        w = fc.weight.detach().to(torch.float64)
+        w = _weight(fc)
         b = fc.bias.detach().to(torch.float64) if fc.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
         if bn is not None:
             w, b = _fold_bn(w, b, bn)
@@ -155,6 +155,14 @@ class _Export:
             src = self.add(f"{name}_flatten", self.nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0,
                                                                end_dim=-1), src)
         return self.add(name, self.nir.Affine(weight=self.arr(w), bias=self.arr(b)), src), (w.shape[0],)
+
+
+def _weight(mod: nn.Module) -> torch.Tensor:
+    """The weight in force, float64. A pruned module's `weight` (torch.nn.utils.prune) is only recomputed by its
+    next forward, so after loading a checkpoint it is stale: weight_orig * weight_mask is the one in force."""
+    if hasattr(mod, "weight_orig") and hasattr(mod, "weight_mask"):
+        return (mod.weight_orig * mod.weight_mask).detach().to(torch.float64)
+    return mod.weight.detach().to(torch.float64)
 
 
 def _pair(v) -> tuple[int, int]:
