@@ -577,6 +577,17 @@ def _seeds(s: str) -> list[int]:
     return seeds
 
 
+def _gpus(s: str) -> float:
+    """GPUs per trial: a finite number >= 0 (Ray waits forever on what no node has, and -1 or nan are no amount)."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GPUs per trial like 1 or 0.5, got {s!r}") from None
+    if not (v >= 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"GPUs per trial must be a finite number >= 0 (0.5 shares a GPU), got {s!r}")
+    return v
+
+
 def cmd_reproduce(args) -> int:
     from spiketide.experiments import reproduce
 
@@ -586,14 +597,23 @@ def cmd_reproduce(args) -> int:
     if not args.names:
         raise ConfigError("name the experiments to run (or `all`); `spiketide reproduce --list` shows them")
     reproduce.plan(args.names, args.scale, args.seeds)  # bad names and scales fail before Ray starts
+    if args.dry_run:  # no Ray, nothing written to --out
+        reproduce.dry_run(args.names, args.scale, args.seeds)
+        return 0
+    reproduce.check_request(args.workers, args.address, args.cpus_per_trial, args.gpus_per_trial)
     report, outcomes = reproduce.reproduce(args.names, args.scale, args.seeds, args.out, workers=args.workers,
                                            address=args.address, cpus_per_trial=args.cpus_per_trial,
                                            gpus_per_trial=args.gpus_per_trial, show_progress=args.progress)
     failed = [o for o in outcomes.values() if "error" in o]
+    elsewhere = [o for o in outcomes.values() if "elsewhere" in o]
     print(f"report: {report}")
     for o in failed:
         print(f"failed trial {o['id']}: {o['error']} (log: {o['log']})", file=sys.stderr)
-    return 1 if failed else 0
+    if elsewhere and not failed:
+        print(f"spiketide reproduce: {len(elsewhere)} trial(s) are being run by another process ("
+              f"{elsewhere[0]['elsewhere']}); the report is incomplete until they finish: run the same command "
+              f"again then (exit code {reproduce.INCOMPLETE})", file=sys.stderr)
+    return 1 if failed else reproduce.INCOMPLETE if elsewhere else 0
 
 
 def cmd_report(args) -> int:
@@ -610,17 +630,25 @@ def add_experiment_commands(sub) -> None:
                        description="Train every run the named experiments need (shared between experiments, one run "
                        "directory each under OUT/runs), scheduled on Ray, then write OUT/<name>/report.md and "
                        "OUT/REPORT.md with a computed verdict per claim. Rerunning skips finished trials and resumes "
-                       "half-finished ones. Needs Ray: pip install \"spiketide[sweep]\".")
+                       "half-finished ones. Needs Ray: pip install \"spiketide[sweep]\". Exit code: 0 report "
+                       "complete, 1 some trials failed, 2 bad input, 3 report incomplete (trials being run by another "
+                       "`reproduce` on the same --out).")
     p.add_argument("names", nargs="*", help="experiment names, or all (see --list)")
     p.add_argument("--list", action="store_true", help="list the experiments, their claims and estimated costs")
     p.add_argument("--scale", choices=SCALES, default="cpu", help="smoke (tests), cpu (2 cores) or paper (GPUs)")
     p.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--out", default="experiments", help="results folder (default %(default)s)")
     p.add_argument("--workers", type=_positive_int, default=None,
-                   help="start a local Ray instance with N CPUs (default: all cores)")
-    p.add_argument("--address", default=None, help="join an existing Ray cluster: auto or ray://HOST:PORT")
+                   help="start a local Ray instance with N CPUs, always a new one (default: all cores)")
+    p.add_argument("--address", default=None,
+                   help="join a running Ray cluster instead: HOST:PORT (what `ray start --head` prints) or auto; run "
+                   "this on a node of the cluster, with --out on a file system every node sees at the same path")
     p.add_argument("--cpus-per-trial", type=_positive_int, default=1, help="CPUs (and torch threads) per trial")
-    p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial (fractions share a GPU)")
+    p.add_argument("--gpus-per-trial", type=_gpus, default=0, help="GPUs per trial (fractions below 1 share a GPU)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check every trial instead of running it: locate its data, one training step, one Fisher "
+                   "measurement and each analysis on a couple of images; print parameters, memory per image and "
+                   "estimated GPU-hours. Needs no Ray; writes nothing to --out")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=cmd_reproduce)
 
