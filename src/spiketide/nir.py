@@ -552,7 +552,8 @@ def from_nir(graph, *, timesteps: int | None = None, dt: float | None = None, de
 
     `timesteps` and `dt` default to the graph's `metadata["timesteps"]` / `metadata["dt"]` (what `to_nir` writes);
     graphs from other frameworks need them given (dt: the step their LIF taus were written for, e.g. 1e-4 for
-    SpikingJelly). Node types outside `SUPPORTED` are refused in one line naming the type.
+    SpikingJelly). tau_nir / dt is rounded to 12 significant digits, which undoes the rounding of tau * dt.
+    Node types outside `SUPPORTED` are refused in one line naming the type.
     """
     if isinstance(graph, (str, Path)):
         graph = read(graph)
