@@ -64,3 +64,30 @@ def test_analysis_commands_reject_missing_and_corrupt_checkpoints(capsys, tmp_pa
 def test_resume_without_run(capsys, tmp_path):
     code, _, err = run(capsys, "train", "--resume", "--out", str(tmp_path / "none"))
     assert code == 2 and "not a run directory" in err
+
+
+def test_list_options_name_what_they_hold_and_refuse_empty_items():
+    import argparse
+
+    assert cli._int_list("seeds", "0,1,2")("0, 1,2") == [0, 1, 2]
+    for bad, message in [("1,,2", "an empty item"), ("1,2,", "an empty item"), ("a,b", "comma-separated seeds"),
+                         ("", "an empty item"), ("-1", "seeds must be >= 0")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            cli._int_list("seeds", "0,1,2")(bad)
+    assert cli._thresholds("0,0.5,1") == [0.0, 0.5, 1.0]
+    for bad in ("1.5", "-0.1", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"probabilities in \[0, 1\]"):
+            cli._thresholds(bad)
+    assert cli._t_retrain("auto") == "auto" and cli._t_retrain("2,3") == (2, 3)
+    with pytest.raises(argparse.ArgumentTypeError, match="must be >= 1"):
+        cli._t_retrain("0,2")
+    assert cli._seed("4294967295") == 4294967295
+
+
+def test_an_os_error_on_a_given_path_is_one_line(capsys):
+    # As root /proc passes the permission check, and the folder cannot be made: the OSError itself is reported
+    code, _, err = run(capsys, "train", "--model", "convnet", "--dataset", "fashion-mnist", "--subset", "20",
+                       "--test-subset", "20", "-T", "2", "--epochs", "1", "--no-progress", "--no-compile",
+                       "--out", "/proc/self/spiketide-run")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "/proc" in err

@@ -1,3 +1,4 @@
+import json
 import os
 import pickle
 
@@ -80,3 +81,62 @@ def test_damaged_run_directory(tmp_path):
         RunDir(tmp_path / "nothing").read_config()
     with pytest.raises(CheckpointError):
         runs.resolve_checkpoint(tmp_path / "r")  # no checkpoints/last.pt yet
+
+
+def test_read_config_checks_a_schema_without_filling_in_defaults(tmp_path):
+    from dataclasses import dataclass, field
+    from typing import ClassVar
+
+    @dataclass
+    class Schema:
+        epochs: int = 3
+        lr: float = 0.1
+        name: str | None = None
+        epochs_kept: list[int] = field(default_factory=list)
+        ADDED_LATER: ClassVar[dict] = {"name": None}
+
+    run = RunDir(tmp_path / "r").create({"epochs": 2, "lr": 1, "epochs_kept": [0, 2], "extra": "kept"})
+    # an int is a float; a field added later takes its recorded value; keys the schema lacks are kept
+    assert run.read_config(Schema) == {"epochs": 2, "lr": 1, "epochs_kept": [0, 2], "extra": "kept", "name": None}
+    for config, match in [({"lr": 0.1, "epochs_kept": []}, "lacks 'epochs'"),
+                          ({"epochs": "2", "lr": 0.1, "epochs_kept": []}, "'epochs' is \"2\", not a whole number"),
+                          ({"epochs": True, "lr": 0.1, "epochs_kept": []}, "'epochs' is true"),
+                          ({"epochs": 2, "lr": 0.1, "epochs_kept": [1.5]}, "not a list of whole numbers"),
+                          ([1, 2], "holds a JSON list")]:
+        run.config_path.write_text(json.dumps(config))
+        with pytest.raises(CheckpointError, match=match):
+            run.read_config(Schema)
+    with pytest.raises(CheckpointError, match="holds a JSON list"):
+        run.read_config()  # without a schema it must still be an object
+
+
+@pytest.mark.parametrize("lines,match", [
+    ('{"epoch": 0}\n3\n', "line 2 is a JSON number, not an epoch record"),
+    ('{"epoch": 0}\n{"loss": 1}\n', "line 2 has no 'epoch'"),
+    ('{"epoch": 0}\n{"epoch": "1"}\n', "line 2 has 'epoch' \"1\", not a whole number"),
+    ('{"epoch": 1}\n{"epoch": 1}\n', "line 2 has epoch 1 after epoch 1"),
+    ('{"epoch": 0, "test_acc": "high"}\n', "line 1: 'test_acc' is \"high\", not a number or null"),
+    ('{"epoch": 0, "fisher": [1]}\n', "line 1: 'fisher' is not an object"),
+])
+def test_metrics_records_are_checked(tmp_path, lines, match):
+    run = RunDir(tmp_path / "r").create({})
+    run.metrics_path.write_text(lines)
+    with pytest.raises(CheckpointError, match=match):
+        run.read_metrics()
+
+
+def test_check_creatable_creates_nothing(tmp_path):
+    from spiketide.errors import ConfigError
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="afile is a file, not a folder"):
+        runs.check_creatable(tmp_path / "afile" / "a" / "b")
+    runs.check_creatable(tmp_path / "new" / "deeper")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_run_of_a_checkpoint(tmp_path):
+    run = RunDir(tmp_path / "r").create({})
+    assert runs.run_of(run.checkpoint_path()).path == run.path
+    assert runs.run_of(run.path / "x.pt").path == run.path
+    assert runs.run_of(tmp_path / "loose.pt") is None

@@ -287,3 +287,87 @@ def test_a_python_built_model_is_refused_by_load_model_in_one_line(tmp_path, cap
     assert cli.main(["robustness", str(run.path), "--samples", "4"]) == 2
     err = capsys.readouterr().err.strip()
     assert "built in Python" in err and len(err.splitlines()) == 1
+
+
+# --- run directories checked before they are trusted (issue 17) ---------------------------------------------
+
+def test_a_checkpoint_records_its_identity_and_is_refused_in_another_run(tmp_path):
+    import shutil
+
+    train(tiny(tmp_path, epochs=1))
+    run = RunDir(tmp_path / "run")
+    state = load_checkpoint(run.checkpoint_path())
+    assert state["identity"] == {"model_class": "spiketide.models.convnet.ConvNet", "model": "convnet",
+                                 "dataset": "fashion-mnist", "in_channels": 1, "num_classes": 10, "image_size": 28,
+                                 "width": 1.0, "timesteps": 2, "tau": 2.0, "encoding": "direct"}
+    config = json.loads(run.config_path.read_text())
+    config["timesteps"] = 3  # the run says T = 3: its T = 2 checkpoints are not its own
+    run.config_path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="its timesteps T is 2, the run's is 3"):
+        load_model(run.checkpoint_path())
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(run.checkpoint_path(), loose / "model.pt")
+    model, cfg, _ = load_model(loose / "model.pt")  # on its own it is what it says it is
+    assert cfg.timesteps == 2 and model.timesteps == 2
+    # an edited checkpoint whose identity no longer matches its own config is refused too
+    state["config"]["tau"] = 3.0
+    torch.save(state, loose / "edited.pt")
+    with pytest.raises(CheckpointError, match="inconsistent: it records tau 2.0, but its config builds 3.0"):
+        load_model(loose / "edited.pt")
+
+
+def test_a_checkpoint_without_identity_is_checked_by_its_config(tmp_path):
+    train(tiny(tmp_path, epochs=1))
+    run = RunDir(tmp_path / "run")
+    state = load_checkpoint(run.checkpoint_path())
+    del state["identity"], state["config"]["width"]  # as spiketide 0.1 wrote them
+    state["config"]["tau"] = 4.0
+    torch.save(state, run.checkpoint_path())
+    with pytest.raises(CheckpointError, match="its tau is 4.0, the run's is 2.0"):
+        load_model(run.checkpoint_path())
+
+
+def test_resume_from_python_with_other_options_is_refused_before_anything_is_written(tmp_path):
+    train(tiny(tmp_path, epochs=1))
+    run = tmp_path / "run"
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="records timesteps = 2, but the run is resumed with 3"):
+        train(tiny(tmp_path, epochs=1, timesteps=3), resume=True)
+    config = json.loads((run / "config.json").read_text())
+    del config["epochs"]
+    (run / "config.json").write_text(json.dumps(config))
+    before[run / "config.json"] = (run / "config.json").read_bytes()
+    with pytest.raises(CheckpointError, match="lacks 'epochs'"):
+        Trainer(tiny(tmp_path, epochs=1), resume=True)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(alpha=0.1), "--alpha 0.1 applies only to --loss alpha"),
+    (dict(tet_lambda=0.5), "--tet-lambda 0.5 applies only to --loss tet"),
+    (dict(loss="alpha", alpha=float("inf")), "--alpha must be a finite number"),
+    (dict(seed=2**64), "--seed must be a whole number from 0 to 4294967295"), (dict(seed=-1), "--seed"),
+    (dict(data_root=""), "--data-root is empty"), (dict(epochs="3"), "field 'epochs' is \"3\", not a whole number"),
+    (dict(augment=1), "field 'augment' is 1, not true or false"),
+])
+def test_options_that_do_not_apply_or_do_not_fit_are_refused(tmp_path, change, match):
+    with pytest.raises(ConfigError, match=match):
+        Trainer(tiny(tmp_path, **change))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_path_given_in_python_is_recorded_as_a_string(tmp_path):
+    config = tiny(tmp_path, out=tmp_path / "run").validate()
+    assert config.out == str(tmp_path / "run")
+
+
+def test_read_run_returns_the_checked_config(tmp_path):
+    from spiketide.train import read_run
+
+    train(tiny(tmp_path, epochs=1))
+    run, config = read_run(tmp_path / "run")
+    assert config.timesteps == 2 and run.path == tmp_path / "run"
+    (run.metrics_path).write_text(run.metrics_path.read_text() + '{"epoch": 1}\n')
+    with pytest.raises(CheckpointError, match="line 3 has epoch 1 after epoch 1"):
+        read_run(tmp_path / "run")

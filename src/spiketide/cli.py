@@ -6,6 +6,7 @@ Every error a user can cause ends in one line on stderr ("spiketide: error: ..."
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,18 +34,81 @@ def _int_at_least(lo: int):
 _positive_int, _nonneg_int = _int_at_least(1), _int_at_least(0)
 
 
-def _int_list(s: str) -> list[int]:
-    try:
-        return [int(v) for v in s.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated epochs like 0,20,40, got {s!r}") from None
+def _items(s: str, what: str, example: str) -> list[str]:
+    """The comma-separated items of an option; an empty item (1,,2 or a trailing comma) is refused, not skipped."""
+    items = [v.strip() for v in s.split(",")]
+    if not s.strip() or any(not v for v in items):
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what} like {example}, got {s!r} (an empty item)")
+    return items
+
+
+def _int_list(what: str = "epochs", example: str = "0,20,40", lo: int = 0):
+    """A parser of comma-separated whole numbers >= lo; its messages name what they are."""
+
+    def parse(s: str) -> list[int]:
+        items = _items(s, what, example)
+        try:
+            values = [int(v) for v in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} (whole numbers) like {example}, got "
+                                             f"{s!r}") from None
+        if any(v < lo for v in values):
+            raise argparse.ArgumentTypeError(f"{what} must be >= {lo}, got {s!r}")
+        return values
+
+    return parse
 
 
 def _float_list(s: str) -> list[float]:
     try:
-        return [float(v) for v in s.replace(",", " ").split()]
+        return [float(v) for v in _items(s, "numbers", "0.5,0.9")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+
+
+def _thresholds(s: str) -> list[float]:
+    """Confidence thresholds: softmax probabilities, so numbers in [0, 1]."""
+    values = _float_list(s)
+    bad = [v for v in values if not 0 <= v <= 1]  # (NaN fails this too)
+    if bad:
+        raise argparse.ArgumentTypeError(f"confidence thresholds are probabilities in [0, 1], got {bad[0]} in {s!r}")
+    return values
+
+
+def _seed(s: str) -> int:
+    from spiketide.train import SEED_MAX
+
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole-number seed, got {s!r}") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number from 0 to {SEED_MAX}, got {v}")
+    return v
+
+
+def _path(s: str) -> str:
+    """A path option: an empty string would silently mean the current folder (or fall back elsewhere)."""
+    if not s.strip():
+        raise argparse.ArgumentTypeError("the path is empty; pass a folder or file path, or leave the option out")
+    return s
+
+
+def _finite(lo: float, hi: float = float("inf"), lo_open: bool = True, hi_open: bool = False, meaning: str = ""):
+    """A number in an interval (open or closed at each end), NaN and inf refused."""
+
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi) and math.isfinite(v)
+        if not ok:
+            span = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+            raise argparse.ArgumentTypeError(f"{meaning} must be a number in {span}, got {s!r}")
+        return v
+
+    return parse
 
 
 def _add_train_options(p: argparse.ArgumentParser, defaults) -> None:
@@ -56,7 +120,7 @@ def _add_train_options(p: argparse.ArgumentParser, defaults) -> None:
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=defaults.model, help=f"architecture: {', '.join(models.available())} (default %(default)s)")
     g.add_argument("--dataset", default=defaults.dataset, help=f"{', '.join(data.DATASETS)} (default %(default)s)")
-    g.add_argument("--data-root", default=None, help="folder holding the dataset files (default: system folder or cache; downloads with checksum)")
+    g.add_argument("--data-root", type=_path, default=None, help="folder holding the dataset files (default: system folder or cache; downloads with checksum)")
     g.add_argument("--subset", type=_positive_int, default=defaults.subset, help="train on a deterministic class-balanced subset of N images")
     g.add_argument("--test-subset", type=_positive_int, default=defaults.test_subset, help="evaluate on a class-balanced subset of N test images")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="switch off training augmentation")
@@ -82,13 +146,13 @@ def _add_train_options(p: argparse.ArgumentParser, defaults) -> None:
                    help="alpha for --loss alpha: a number, or a paper preset like cifar10:low (cifar10/svhn/cifar100 x low/intermediate/high)")
     g.add_argument("--tet-lambda", type=float, default=None,
                    help="lambda of --loss tet, in [0, 1]: weight of the MSE term against per-timestep CE (TET uses 0.05)")
-    g.add_argument("--seed", type=int, default=defaults.seed)
+    g.add_argument("--seed", type=_seed, default=defaults.seed)
     g.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default %(default)s)")
     g.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on GPU")
     g.add_argument("--no-compile", dest="fast_lif", action="store_false", help="plain step-loop LIF instead of the compiled scan")
     g = p.add_argument_group("run directory")
-    g.add_argument("--out", default=defaults.out, help="run directory (default %(default)s)")
-    g.add_argument("--checkpoint-epochs", type=_int_list, default=[], help="also keep checkpoints at these epochs, e.g. 0,20,40 (the last is always kept)")
+    g.add_argument("--out", type=_path, default=defaults.out, help="run directory (default %(default)s)")
+    g.add_argument("--checkpoint-epochs", type=_int_list("checkpoint epochs", "0,20,40"), default=[], help="also keep checkpoints at these epochs, e.g. 0,20,40 (the last is always kept)")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, with the options it was started with")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -127,11 +191,9 @@ def _given_options(parser: argparse.ArgumentParser, argv: list[str]) -> dict:
 def _resume_config(args) -> "TrainConfig":
     """The run's own config.json, refusing options that would silently be ignored."""
     from spiketide.losses import resolve_alpha
-    from spiketide.runs import RunDir
-    from spiketide.train import TrainConfig
+    from spiketide.train import TrainConfig, read_run
 
-    run = RunDir(args.out)
-    config = TrainConfig.from_dict(run.read_config())
+    run, config = read_run(args.out)
     given = _given_options(args.parser, args.argv)
     if "alpha" in given:
         given["alpha"] = resolve_alpha(given["alpha"])
@@ -175,6 +237,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_plot(args) -> int:
+    from spiketide.train import read_run
+
+    read_run(args.run_dir)
     paths = _draw_figures(args.run_dir)
     for p in paths:
         print(p)
@@ -200,28 +265,32 @@ def _checkpoints_of(path: str) -> tuple[list[Path], Path]:
     Results are written into the run, so a checkpoint of another model or dataset found there is refused.
     """
     from spiketide.errors import CheckpointError
-    from spiketide.runs import RunDir, load_checkpoint, resolve_checkpoint
+    from spiketide.runs import RunDir, resolve_checkpoint, run_of
+    from spiketide.train import read_run
 
     p = Path(path)
     if p.is_dir():
-        run = RunDir(p)
-        run.read_config()
+        run, _ = read_run(p)
         ckpts = [run.checkpoint_path(e) for e in run.saved_epochs()] or [resolve_checkpoint(p)]
     else:
         ckpts = [resolve_checkpoint(p)]
         if ckpts[0].suffix != ".pt":
             raise CheckpointError(f"{p} is not a .pt checkpoint; pass a checkpoint file or a run directory")
-        run = RunDir(p.parent.parent if p.parent.name == "checkpoints" else p.parent)
+        run = run_of(p) or RunDir(p.parent)
     if run.exists():
-        mine = run.read_config()
-        for ckpt in ckpts:
-            theirs = load_checkpoint(ckpt)["config"]
-            if any(mine.get(k) != theirs.get(k) for k in ("model", "dataset")):
-                raise CheckpointError(
-                    f"{ckpt} is a {theirs.get('model')} / {theirs.get('dataset')} checkpoint, but {run.path} is a "
-                    f"{mine.get('model')} / {mine.get('dataset')} run; move it out of that run directory, or "
-                    "analyse it on its own with --out")
+        _check_run_checkpoints(run, ckpts)
     return ckpts, run.path
+
+
+def _check_run_checkpoints(path, extra=()) -> None:
+    """Open a run with the validating reader and refuse it when any checkpoint in it (used or not: results are
+    written into the run) is not the run's own, naming the first difference."""
+    from spiketide.runs import load_checkpoint
+    from spiketide.train import check_checkpoint, read_run
+
+    run, config = read_run(path)
+    for ckpt in sorted({*extra, *(run.checkpoints.glob("*.pt") if run.checkpoints.is_dir() else ())}):
+        check_checkpoint(ckpt, load_checkpoint(ckpt), run, config)
 
 
 def _figure_path(out_dir: Path, out: Path, name: str) -> Path:
@@ -263,6 +332,20 @@ def _write_json(path: Path, obj) -> None:
     print(f"wrote {path}")
 
 
+def _check_out_file(out: str) -> None:
+    """An analysis' --out names a file to write: its folder must be creatable, and it must not be a folder."""
+    from spiketide.runs import check_creatable
+
+    if Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a folder; pass the path of the JSON file to write")
+    parent = Path(out).absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {out} cannot be created: {parent} is a file, not a folder; pick another path")
+    check_creatable(Path(out).parent, "--out")
+
+
 def _analysis(body, path_arg: str):
     """A command that analyses the checkpoints named by `args.<path_arg>` and writes its results into their run,
     holding the run's lock meanwhile (nothing to hold for a loose folder)."""
@@ -270,10 +353,14 @@ def _analysis(body, path_arg: str):
     def run(args) -> int:
         import contextlib
 
-        from spiketide.runs import RunDir
+        from spiketide.runs import RunDir, check_creatable
 
         ckpts, out_dir = _checkpoints_of(getattr(args, path_arg))
+        if args.out:
+            _check_out_file(args.out)
         run_dir = RunDir(out_dir)
+        if run_dir.exists() or not args.out:  # a run's lock and figures are written there in any case
+            check_creatable(run_dir.path, "the results folder")
         with run_dir.lock(f"spiketide {args.command}") if run_dir.exists() else contextlib.nullcontext():
             return body(args, ckpts, out_dir)
 
@@ -398,13 +485,14 @@ def cmd_stats(args, ckpts: list[Path], out_dir: Path) -> int:
 def cmd_prune(args) -> int:
     from spiketide import pruning
     from spiketide.experiments.pruning import iterative_prune
-    from spiketide.runs import RunDir
+    from spiketide.runs import RunDir, check_creatable
 
-    t = args.t_retrain
-    t_retrain = None if t is None else ("auto" if t.strip() == "auto" else tuple(_int_list(t)))
-    with RunDir(args.run_dir).lock("spiketide prune"):
+    _check_run_checkpoints(args.run_dir)  # before the lock: a missing or damaged run gets no lock file
+    run = RunDir(args.run_dir)
+    check_creatable(args.out if args.out else run.path / "pruning", "--out")
+    with run.lock("spiketide prune"):
         result = iterative_prune(args.run_dir, rounds=args.rounds, rate=args.rate, retrain_epochs=args.retrain_epochs,
-                                 t_retrain=t_retrain, q=args.q, rewind_epoch=args.rewind_epoch, lr=args.lr,
+                                 t_retrain=args.t_retrain, q=args.q, rewind_epoch=args.rewind_epoch, lr=args.lr,
                                  fisher_samples=args.fisher_samples, out=args.out, device=args.device,
                                  progress=args.progress, overwrite=args.overwrite)
     print(pruning.to_markdown(result))
@@ -415,13 +503,18 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def _t_retrain(s: str) -> str | tuple[int, ...]:
+    """--t-retrain: 'auto', or comma-separated timestep counts >= 1."""
+    return "auto" if s.strip() == "auto" else tuple(_int_list("T_retrain timestep counts, or auto", "2,3,4,5", 1)(s))
+
+
 def _add_eval_options(p: argparse.ArgumentParser, samples_default: int | None, samples_help: str) -> None:
     p.add_argument("--samples", type=_positive_int, default=samples_default, help=samples_help)
     p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--data-root", default=None, help="dataset folder (default: as at training time)")
-    p.add_argument("--out", default=None, help="JSON file to write (default: next to the run)")
+    p.add_argument("--data-root", type=_path, default=None, help="dataset folder (default: as at training time)")
+    p.add_argument("--out", type=_path, default=None, help="JSON file to write (default: next to the run)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -480,7 +573,8 @@ def add_analysis_commands(sub) -> None:
                        "confident than a threshold; accuracy vs mean timesteps, the synaptic operations and energy that saves "
                        "(counted per image, --e-ac / --e-mac as in `stats`), beside fixed-T accuracy and the Fisher profile.")
     p.add_argument("checkpoint")
-    p.add_argument("--thresholds", type=_float_list, default=None, help="comma-separated confidence thresholds")
+    p.add_argument("--thresholds", type=_thresholds, default=None,
+                   help="comma-separated confidence thresholds, probabilities in [0, 1]")
     p.add_argument("--fisher-samples", type=_positive_int, default=128)
     _add_energy_options(p)
     _add_eval_options(p, None, "class-balanced test images (default: the whole test split)")
@@ -504,16 +598,19 @@ def add_analysis_commands(sub) -> None:
                        "weights and retraining with T_retrain timesteps; accuracy vs sparsity per T_retrain and the compute saving.")
     p.add_argument("run_dir")
     p.add_argument("--rounds", type=_positive_int, default=5)
-    p.add_argument("--rate", type=float, default=0.5, help="fraction of the remaining weights pruned each round")
+    p.add_argument("--rate", type=_finite(0, 1, hi_open=True, meaning="the pruning rate"), default=0.5,
+                   help="fraction of the remaining weights pruned each round, in (0, 1)")
     p.add_argument("--retrain-epochs", type=_positive_int, default=None, help="N_retrain (default: training epochs / 5)")
-    p.add_argument("--t-retrain", default=None,
+    p.add_argument("--t-retrain", type=_t_retrain, default=None,
                    help="comma-separated T_retrain values (default: 2..T), or 'auto': the smallest t whose cumulative "
                    "Fisher information reaches --q of the total")
-    p.add_argument("--q", type=float, default=0.95, help="with --t-retrain auto: cumulative Fisher fraction to keep")
+    p.add_argument("--q", type=_finite(0, 1, meaning="--q (a cumulative Fisher fraction)"), default=0.95,
+                   help="with --t-retrain auto: cumulative Fisher fraction to keep, in (0, 1]")
     p.add_argument("--rewind-epoch", type=_nonneg_int, default=None, help="rewind surviving weights to this saved epoch")
-    p.add_argument("--lr", type=float, default=None, help="retraining learning rate (default: the run's lr x 0.1)")
+    p.add_argument("--lr", type=_finite(0, meaning="the retraining learning rate"), default=None,
+                   help="retraining learning rate (default: the run's lr x 0.1)")
     p.add_argument("--fisher-samples", type=_positive_int, default=128, help="with --t-retrain auto: training images for Fisher")
-    p.add_argument("--out", default=None, help="results folder (default RUN_DIR/pruning)")
+    p.add_argument("--out", type=_path, default=None, help="results folder (default RUN_DIR/pruning)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier pruning results in the results folder")
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -571,10 +668,10 @@ def add_nir_command(sub) -> None:
 
 
 def _seeds(s: str) -> list[int]:
-    seeds = _int_list(s)
-    if not seeds or any(v < 0 for v in seeds) or len(set(seeds)) != len(seeds):
+    seeds = _int_list("seeds", "0,1,2")(s)
+    if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"expected distinct seeds >= 0 like 0,1,2, got {s!r}")
-    return seeds
+    return [_seed(str(v)) for v in seeds]
 
 
 def _gpus(s: str) -> float:
@@ -684,7 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="a CPU demo: convnet on Fashion-MNIST showing temporal information concentration",
                        description="Train convnet on 2,000 Fashion-MNIST images (T=6) on the CPU while tracking temporal "
                        "Fisher information; draws Fig. 1 and Fig. 3 and prints the information centroid's course.")
-    p.add_argument("--out", default="runs/demo", help="run directory (default %(default)s)")
+    p.add_argument("--out", type=_path, default="runs/demo", help="run directory (default %(default)s)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="override the number of epochs (for a quick look)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=cmd_demo)
@@ -711,6 +808,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SpiketideError as exc:
         print(f"spiketide {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path given that cannot be made, read or written (permissions, a file in the way, /proc)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"spiketide {args.command}: error: {where}{exc.strerror or exc}; check that path and its permissions, "
+              "or pick another", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nspiketide {args.command}: interrupted; written files are complete (atomic writes). "

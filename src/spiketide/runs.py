@@ -9,15 +9,19 @@ left by a killed process never blocks a resume.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import numbers
 import os
 import re
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import types
+import typing
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,7 @@ from spiketide.errors import CheckpointError, ConfigError, RunInUse
 
 __all__ = [
     "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "save_checkpoint", "load_checkpoint",
-    "RunDir", "resolve_checkpoint", "git_commit",
+    "RunDir", "resolve_checkpoint", "run_of", "check_fields", "field_problem", "check_creatable", "git_commit",
 ]
 
 
@@ -134,6 +138,101 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 _EPOCH_RE = re.compile(r"epoch_(\d+)\.pt$")
 
 
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        item = typing.get_args(hint)[0]
+        return "a list of " + {int: "whole numbers", float: "numbers", str: "strings"}.get(item, _type_name(item))
+    return {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
+            type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the type of a dataclass field (bool is never a number; an int is a float)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is list:  # (a tuple only ever comes from Python, never from a JSON file)
+        return isinstance(value, (list, tuple)) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def field_problem(obj: Mapping, schema: type, optional: Mapping[str, Any] = {}) -> str | None:
+    """The first field of the dataclass `schema` that `obj` lacks (and `optional` does not name) or holds with
+    another type, said in words ("lacks 'epochs'", "field 'epochs' is "3", not a whole number"); else None."""
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        if f.name not in obj:
+            if f.name not in optional:
+                return f"lacks {f.name!r}"
+        elif not _fits(obj[f.name], hints[f.name]):
+            return f"field {f.name!r} is {_show(obj[f.name])}, not {_type_name(hints[f.name])}"
+    return None
+
+
+def _show(v: Any) -> str:
+    try:
+        return json.dumps(v)[:80]
+    except (TypeError, ValueError):
+        return repr(v)[:80]
+
+
+def check_fields(obj: Any, schema: type, where: str | os.PathLike, optional: Mapping[str, Any] = {}) -> dict:
+    """Check a JSON object against a dataclass schema: every field present, each of its declared type.
+
+    A field is required unless named in `optional` (fields added after a file was written: the value is
+    what the code that wrote it did, never a guess). Keys the schema lacks are kept. Returns a new dict
+    with `optional`'s values filled in; raises CheckpointError naming `where` and the first bad field.
+    """
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{where} holds a JSON {_json_kind(obj)}, not an object of settings; the file was "
+                              "edited or damaged: restore it or start a new run")
+    problem = field_problem(obj, schema, optional)
+    if problem:
+        hint = " (no default is assumed for a recorded run)" if problem.startswith("lacks") else ""
+        raise CheckpointError(f"{where} {problem}{hint}; the file was edited or damaged: restore it or start a new "
+                              "run")
+    return {**{k: v for k, v in optional.items() if k not in obj}, **obj}
+
+
+def _json_kind(v: Any) -> str:
+    return {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(v), "number" if isinstance(v, (int, float)) else type(v).__name__)
+
+
+# Per-epoch numbers a metrics record may hold: each a number or null (an unmeasured epoch).
+_METRIC_NUMBERS = ("train_loss", "train_acc", "test_acc", "lr", "seconds", "images_per_second")
+
+
+def _check_record(record: Any, where: str) -> int:
+    """A metrics.jsonl line: an object whose `epoch` is a whole number >= 0; returns that epoch."""
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{where} is a JSON {_json_kind(record)}, not an epoch record; the file was edited "
+                              "or damaged: restore it or start a new run")
+    epoch = record.get("epoch", None)
+    if "epoch" not in record or isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        what = ("has no 'epoch'" if "epoch" not in record
+                else f"has 'epoch' {json.dumps(epoch)}, not a whole number >= 0")
+        raise CheckpointError(f"{where} {what}; the file was edited or damaged: restore it or start a new run")
+    for key in _METRIC_NUMBERS:
+        v = record.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise CheckpointError(f"{where}: {key!r} is {json.dumps(v)}, not a number or null; the file was edited "
+                                  "or damaged: restore it or start a new run")
+    if record.get("fisher") is not None and not isinstance(record["fisher"], dict):
+        raise CheckpointError(f"{where}: 'fisher' is not an object; the file was edited or damaged: restore it or "
+                              "start a new run")
+    return epoch
+
+
 class RunDir:
     """One experiment's folder: config.json, metrics.jsonl, checkpoints/, figures/."""
 
@@ -180,6 +279,9 @@ class RunDir:
         lock = filelock.FileLock(self.path / ".lock", timeout=0, thread_local=False)
         try:
             lock.acquire()
+        except PermissionError as exc:
+            raise ConfigError(f"cannot lock {self.path} for writing: {exc.filename or self.path / '.lock'}: "
+                              f"{exc.strerror}; fix its permissions or pick another folder") from None
         except filelock.Timeout:
             try:
                 who = json.loads(owner.read_text())
@@ -208,25 +310,45 @@ class RunDir:
             atomic_write_text(self.metrics_path, "")
         return self
 
-    def read_config(self) -> dict:
+    def read_config(self, schema: type | None = None) -> dict:
+        """config.json: a JSON object, checked against the dataclass `schema` when one is given (its
+        `ADDED_LATER` mapping names the fields older runs lack and the value they implicitly had)."""
         if not self.config_path.is_file():
             raise CheckpointError(f"{self.path} is not a run directory (no config.json); pass the folder `spiketide train --out` wrote")
         try:
-            return json.loads(self.config_path.read_text())
+            config = json.loads(self.config_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{self.config_path} is not valid JSON ({exc}); restore it or start a new run") from None
+        if schema is not None:
+            return check_fields(config, schema, self.config_path, getattr(schema, "ADDED_LATER", {}))
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{self.config_path} holds a JSON {_json_kind(config)}, not an object of settings; "
+                                  "the file was edited or damaged: restore it or start a new run")
+        return config
 
     def read_metrics(self) -> list[dict]:
+        """metrics.jsonl: one record per line, each an object with a whole-number `epoch`, epochs increasing."""
         if not self.metrics_path.exists():
             return []
-        records = []
-        for i, line in enumerate(self.metrics_path.read_text().splitlines(), 1):
+        records: list[dict] = []
+        try:
+            lines = self.metrics_path.read_text().splitlines()
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{self.metrics_path} is not UTF-8 text; the file was edited or damaged: restore "
+                                  "it or start a new run") from None
+        for i, line in enumerate(lines, 1):
             if not line.strip():
                 continue
+            where = f"{self.metrics_path} line {i}"
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
-                raise CheckpointError(f"{self.metrics_path} line {i} is not valid JSON; the file was edited or damaged") from None
+                raise CheckpointError(f"{where} is not valid JSON; the file was edited or damaged") from None
+            epoch = _check_record(record, where)
+            if records and epoch <= records[-1]["epoch"]:
+                raise CheckpointError(f"{where} has epoch {epoch} after epoch {records[-1]['epoch']}; epochs must "
+                                      "increase: the file was edited or damaged")
+            records.append(record)
         return records
 
     def write_metrics(self, records: list[dict]) -> None:
@@ -253,6 +375,41 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not p.exists():
         raise CheckpointError(f"{p} does not exist; pass a checkpoint .pt file or a run directory")
     return p
+
+
+def run_of(checkpoint: str | os.PathLike) -> RunDir | None:
+    """The run directory a checkpoint file lies in (`<run>/checkpoints/x.pt` or `<run>/x.pt`), if any."""
+    p = Path(checkpoint)
+    run = RunDir(p.parent.parent if p.parent.name == "checkpoints" else p.parent)
+    return run if run.exists() else None
+
+
+def check_creatable(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse, before anything is written, a folder path that cannot be created or written.
+
+    The nearest existing ancestor must be a folder this process may write; nothing is created here.
+    (A privileged user passes os.access everywhere: the OS error at the write is then caught by the caller.)
+    """
+    p = Path(path)
+    if p.exists():
+        if not p.is_dir():
+            raise ConfigError(f"{option} {p} is a file; pass a folder")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise ConfigError(f"{option} {p}: this folder is not writable by you; fix its permissions or pick "
+                              "another folder")
+        for name in RunDir._LOCK_FILES:  # a run directory's lock files are opened for writing too
+            if (p / name).exists() and not os.access(p / name, os.W_OK):
+                raise ConfigError(f"{option} {p}: its lock file {name} is not writable by you; fix its permissions "
+                                  "or pick another folder")
+        return
+    parent = p.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {p} cannot be created: {parent} is a file, not a folder; pick another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {p} cannot be created: {parent} is not writable by you; pick a folder you "
+                          "can write")
 
 
 def git_commit() -> str | None:

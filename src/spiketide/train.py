@@ -18,7 +18,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -32,13 +32,16 @@ from spiketide.fisher import ESTIMATORS
 from spiketide.losses import batch_mean, horizon_losses, make_loss
 from spiketide.neuron import check_tau
 from spiketide.pruning import apply_masks_from_state
-from spiketide.runs import RunDir, git_commit, load_checkpoint, save_checkpoint
+from spiketide.runs import (RunDir, check_creatable, check_fields, field_problem, git_commit, load_checkpoint, run_of,
+                            save_checkpoint)
 
 __all__ = ["TrainConfig", "Callback", "Trainer", "train", "build_model", "select_device", "load_model",
-           "OPTIMIZERS", "SCHEDULES"]
+           "read_run", "model_identity", "checkpoint_identity", "check_checkpoint", "OPTIMIZERS", "SCHEDULES",
+           "SEED_MAX"]
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
+SEED_MAX = 2**32 - 1  # the seed seeds torch generators (with seed + 1, seed + epoch) and numpy-sized seeds
 
 
 @dataclass
@@ -80,10 +83,20 @@ class TrainConfig:
     out: str = "runs/run"
     progress: bool = True
 
+    # Fields a run directory written before they existed lacks, with the value that code used (not a guess):
+    # every other field of a recorded config.json or checkpoint config is required.
+    ADDED_LATER: ClassVar[dict[str, Any]] = {"width": 1.0, "tet_lambda": None, "encoding": "direct", "eval_every": 1}
+
     def validate(self) -> "TrainConfig":
         def bad(msg: str):
             raise ConfigError(msg)
 
+        for name in ("data_root", "out"):  # a Path given in Python is recorded as its string
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        problem = field_problem(self.to_dict(), type(self))
+        if problem:
+            bad(f"TrainConfig {problem}")
         if self.model not in models.available():
             bad(f"unknown model {self.model!r}; available: {', '.join(models.available())}")
         data.dataset_info(self.dataset)  # raises ConfigError for unknown names
@@ -114,7 +127,22 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 bad(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        if self.alpha is not None and self.loss != "alpha":
+            bad(f"--alpha {self.alpha} applies only to --loss alpha (this run uses --loss {self.loss}); drop --alpha "
+                "or pass --loss alpha")
+        if self.tet_lambda is not None and self.loss != "tet":
+            bad(f"--tet-lambda {self.tet_lambda} applies only to --loss tet (this run uses --loss {self.loss}); drop "
+                "--tet-lambda or pass --loss tet")
+        for name in ("alpha", "tet_lambda"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                bad(f"--{name.replace('_', '-')} must be a finite number, got {v}")
         make_loss(self.loss, self.alpha, self.tet_lambda)
+        if not 0 <= self.seed <= SEED_MAX:
+            bad(f"--seed must be a whole number from 0 to {SEED_MAX}, got {self.seed}")
+        for name in ("data_root", "out", "device"):
+            if getattr(self, name) == "":
+                bad(f"--{name.replace('_', '-')} is empty; pass a path or leave the option out")
         beyond = [e for e in self.checkpoint_epochs if e < 0 or e > self.epochs]
         if beyond:
             bad(f"checkpoint epochs {beyond} are outside the run (0..{self.epochs}); pick epochs in that range")
@@ -129,8 +157,30 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """Options given in Python: missing ones take their defaults, other keys are ignored (not validated)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_record(cls, d: Any, where: str | os.PathLike) -> "TrainConfig":
+        """A config recorded in a run directory or checkpoint (`where`): every field present (apart from
+        `ADDED_LATER`) and of its type, no default filled in, then validated; CheckpointError naming `where`."""
+        d = check_fields(d, cls, where, cls.ADDED_LATER)
+        config = cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        try:
+            return config.validate()
+        except ConfigError as exc:
+            raise CheckpointError(f"{where} records a config that is not valid ({exc}); the file was edited or "
+                                  "damaged: restore it or start a new run") from None
+
+
+def read_run(path: str | os.PathLike | RunDir) -> tuple[RunDir, TrainConfig]:
+    """Open a run directory for reading: its config.json checked against `TrainConfig` (`from_record`) and
+    its metrics.jsonl records checked (`RunDir.read_metrics`); CheckpointError naming the file and field."""
+    run = path if isinstance(path, RunDir) else RunDir(path)
+    config = TrainConfig.from_record(run.read_config(TrainConfig), run.config_path)
+    run.read_metrics()
+    return run, config
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -160,15 +210,92 @@ def _class_path(model: nn.Module) -> str:
     return f"{type(model).__module__}.{type(model).__qualname__}"
 
 
+# What a checkpoint is: every option that changes the model's parameters or its computation, in the order
+# differences are reported. (Channels, classes and image size come from the dataset, recorded as numbers.)
+_IDENTITY_NAMES = {
+    "model_class": "model class", "model": "model", "dataset": "dataset", "in_channels": "input channels",
+    "num_classes": "classes", "image_size": "image size", "width": "width", "timesteps": "timesteps T",
+    "tau": "tau", "encoding": "encoding", "encoding_seed": "Poisson encoding seed",
+}
+
+
+def model_identity(config: TrainConfig, timesteps: int | None = None, model_class: str | None = None) -> dict:
+    """The identity of the model a config builds (`timesteps`: the model's own, when it differs from the config's)."""
+    info = data.dataset_info(config.dataset)
+    ident = {"model": config.model, "dataset": config.dataset, "in_channels": info.channels,
+             "num_classes": info.num_classes, "image_size": info.image_size, "width": float(config.width),
+             "timesteps": int(timesteps or config.timesteps), "tau": float(config.tau), "encoding": config.encoding}
+    if config.encoding == "poisson":  # without a generator the spike pattern is drawn from the run's seed
+        ident["encoding_seed"] = int(config.seed)
+    if model_class:
+        ident["model_class"] = model_class
+    return {k: ident[k] for k in _IDENTITY_NAMES if k in ident}
+
+
+def checkpoint_identity(state: dict, where: str | os.PathLike) -> tuple[dict, TrainConfig]:
+    """(identity, config) of a loaded checkpoint; its recorded `identity` (checkpoints since 0.1 without one are
+    checked by their config alone) must be what its config builds."""
+    config = TrainConfig.from_record(state["config"], f"{where} (its config)")
+    timesteps = state.get("timesteps")
+    if timesteps is not None and (isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1):
+        raise CheckpointError(f"{where}: 'timesteps' is {timesteps!r}, not a whole number >= 1; the file was "
+                              "edited or damaged")
+    ident = model_identity(config, timesteps, state.get("model_class"))
+    stored = state.get("identity")
+    if stored is not None:
+        if not isinstance(stored, dict):
+            raise CheckpointError(f"{where}: 'identity' is not a mapping; the file was edited or damaged")
+        diff = _first_difference(stored, ident)
+        if diff:
+            raise CheckpointError(f"{where} is inconsistent: it records {diff[0]} {diff[1]!r}, but its config builds "
+                                  f"{diff[2]!r}; the file was edited, or written under other dataset definitions")
+    return ident, config
+
+
+def _first_difference(a: dict, b: dict) -> tuple[str, Any, Any] | None:
+    """(name, a's value, b's value) of the first identity field, in `_IDENTITY_NAMES` order, that differs."""
+    for key, name in _IDENTITY_NAMES.items():
+        if key in a and key in b and a[key] != b[key]:
+            return name, a[key], b[key]
+    return None
+
+
+def _run_identity(run: RunDir, config: TrainConfig) -> dict:
+    recorded = run.read_config()
+    model_class = recorded.get("model_class") if isinstance(recorded.get("model_class"), str) else None
+    return model_identity(config, None, model_class)
+
+
+def check_checkpoint(checkpoint: str | os.PathLike, state: dict, run: RunDir, config: TrainConfig) -> TrainConfig:
+    """Refuse a checkpoint whose identity differs from the run it lies in, naming the first difference;
+    returns the checkpoint's own config."""
+    ident, ckpt_config = checkpoint_identity(state, checkpoint)
+    diff = _first_difference(ident, _run_identity(run, config))
+    if diff:
+        raise CheckpointError(f"{checkpoint} is not a checkpoint of the run {run.path}: its {diff[0]} is {diff[1]!r}, "
+                              f"the run's is {diff[2]!r} ({ident['model']} / {ident['dataset']} checkpoint); move it "
+                              "out of that run directory (a copy elsewhere can be analysed on its own)")
+    return ckpt_config
+
+
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict]:
-    """Rebuild a model from a checkpoint (config inside it), weights loaded; returns (model, config, state)."""
+    """Rebuild a model from a checkpoint (config inside it), weights loaded; returns (model, config, state).
+
+    A checkpoint inside a run directory (`<run>/checkpoints/x.pt`) must be what that run is
+    (`check_checkpoint`): model, dataset, width, T, tau and encoding.
+    """
     state = load_checkpoint(checkpoint, map_location=device)
     built = state.get("model_class") or ""
     if built and not built.startswith("spiketide.models."):
         raise CheckpointError(f"{checkpoint} holds a model built in Python ({built}), not one of spiketide's models, "
                               "so it cannot be rebuilt from its config; rebuild it with that class and load "
                               "spiketide.runs.load_checkpoint(path)['model'] into it")
-    config = TrainConfig.from_dict(state["config"])
+    run = run_of(checkpoint)
+    if run is not None:
+        run, run_config = read_run(run)
+        config = check_checkpoint(checkpoint, state, run, run_config)
+    else:
+        _, config = checkpoint_identity(state, checkpoint)
     model = build_model(config)
     sd = state["model"]
     if any(k.endswith("_orig") for k in sd):  # a pruned model: re-create the masks before loading
@@ -320,6 +447,8 @@ class Trainer:
             "epoch": self.epoch,
             "timesteps": int(getattr(self.model, "timesteps", self.config.timesteps)),
             "model_class": _class_path(self.model),
+            "identity": model_identity(self.config, int(getattr(self.model, "timesteps", self.config.timesteps)),
+                                       _class_path(self.model)),
             "config": self.config.to_dict(),
             "rng": {"torch": torch.get_rng_state(), "data": self.generator.get_state(),
                     **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})},
@@ -359,29 +488,60 @@ class Trainer:
                 "platform": platform.platform(), "device_resolved": str(self.device), "world_size": self.world,
                 "train_size": len(self.train_set), "test_size": len(self.test_set)}
 
-    def _check_run_dir(self) -> None:
+    # Options a resume may give otherwise than the run recorded: where the run is read from and how it is shown.
+    _RESUME_FREE = ("out", "progress", "device", "data_root")
+
+    def _check_run_dir(self) -> dict | None:
+        """Read-only checks of the run directory, done before anything is written (and again under the lock).
+
+        A new run needs an empty folder it can create. A resumed one needs a valid config.json that records
+        this config, valid metrics.jsonl, and a last checkpoint that is this run's (`check_checkpoint`) with
+        every epoch up to it in the metrics. Returns that checkpoint's state (None: the run starts afresh).
+        """
         if self.run.path.exists() and not self.run.path.is_dir():
             raise ConfigError(f"--out {self.run.path} is a file; pass a folder for the run directory")
         if not self.resume and not self.run.is_empty():
             raise ConfigError(f"{self.run.path} already holds a run (or part of one); pass --resume to continue it, "
                               "or pick another --out")
+        check_creatable(self.run.path)
+        if not self.resume or not self.run.exists():
+            return None  # (a resume of a run killed before its config was written starts afresh)
+        _, recorded = read_run(self.run)
+        for name in (f.name for f in dataclasses.fields(TrainConfig) if f.name not in self._RESUME_FREE):
+            if getattr(recorded, name) != getattr(self.config, name):
+                raise ConfigError(f"--resume: {self.run.config_path} records {name} = {getattr(recorded, name)!r}, "
+                                  f"but the run is resumed with {getattr(self.config, name)!r}; a run continues with "
+                                  "the options it was started with")
+        last = self.run.checkpoint_path()
+        metrics = self.run.read_metrics()
+        if not last.is_file():
+            if metrics:
+                raise CheckpointError(f"--resume: {last} not found, but {self.run.metrics_path} has epochs; the run "
+                                      "directory is damaged. Start a new run in another folder.")
+            return None  # (killed before its first checkpoint: nothing to keep, it starts afresh)
+        state = load_checkpoint(last, map_location=self.device)
+        theirs = check_checkpoint(last, state, self.run, recorded)
+        for name in (f.name for f in dataclasses.fields(TrainConfig) if f.name not in self._RESUME_FREE):
+            if getattr(theirs, name) != getattr(recorded, name):
+                raise CheckpointError(f"--resume: {last} was trained with {name} = {getattr(theirs, name)!r}, but "
+                                      f"{self.run.config_path} records {getattr(recorded, name)!r}; it is not this "
+                                      "run's checkpoint: move it out of the run directory")
+        epoch = state.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise CheckpointError(f"{last}: 'epoch' is {epoch!r}, not a whole number >= 0; the file was edited or "
+                                  "damaged")
+        # metrics.jsonl is written before the checkpoints, so it holds every epoch up to the checkpoint's
+        if not {r["epoch"] for r in metrics} >= set(range(epoch + 1)):
+            raise CheckpointError(f"--resume: {self.run.metrics_path} lacks epochs up to {epoch}, the "
+                                  f"epoch of {last}; the run directory is damaged. Start a new run elsewhere.")
+        return state
 
     def _start(self) -> None:
         """Open the run directory: continue it (resume) or start it; then the callbacks' setup, then epoch 0."""
-        self._check_run_dir()
-        last = self.run.checkpoint_path()
-        state = None
-        if self.resume and last.is_file():
-            state = load_checkpoint(last, map_location=self.device)
-            # metrics.jsonl is written before the checkpoints, so it holds every epoch up to the checkpoint's
-            have = {r["epoch"] for r in self.run.read_metrics()}
-            if not have >= set(range(int(state["epoch"]) + 1)):
-                raise CheckpointError(f"--resume: {self.run.metrics_path} lacks epochs up to {state['epoch']}, the "
-                                      f"epoch of {last}; the run directory is damaged. Start a new run elsewhere.")
-        elif self.resume and self.run.read_metrics():
-            raise CheckpointError(f"--resume: {last} not found, but {self.run.metrics_path} has epochs; the run "
-                                  "directory is damaged. Start a new run in another folder.")
-        # (a resume of a run killed before its first checkpoint has nothing to keep: it starts afresh)
+        state = self._check_run_dir()
+        if state is not None and state.get("model_class") not in (None, _class_path(self.model)):
+            raise CheckpointError(f"{self.run.checkpoint_path()} holds a {state['model_class']}, but this run was "
+                                  f"given a {_class_path(self.model)}; resume it with the model it was trained with")
         if state is None and self.is_main:
             for stale in self.run.checkpoints.glob("*.pt") if self.run.checkpoints.is_dir() else ():
                 stale.unlink()

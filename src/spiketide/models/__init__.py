@@ -51,10 +51,11 @@ def create(name: str, *, num_classes: int, timesteps: int, tau: float = 2.0, in_
     """
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(available())}")
-    if int(timesteps) < 1:
-        raise ConfigError(f"timesteps T must be >= 1, got {timesteps}")
-    if int(num_classes) < 2:
-        raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
+    for arg, value, lo in (("timesteps T", timesteps, 1), ("num_classes", num_classes, 2),
+                           ("in_channels", in_channels, 1), ("image_size", image_size, 1)):
+        # bool is an Integral too, and a float would be truncated silently
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
+            raise ConfigError(f"{arg} must be a whole number >= {lo}, got {value!r}")
     # bool is a numbers.Real too, but width=True is surely a mistake
     if isinstance(width, bool) or not isinstance(width, numbers.Real) or not math.isfinite(width) or width <= 0:
         raise ConfigError(f"width must be a finite number > 0 (1.0 = full width), got {width!r}")
