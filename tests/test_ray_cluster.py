@@ -98,10 +98,10 @@ def cluster():
     try:
         subprocess.run([str(RAY), "start", "--head", "--port", "0", "--num-cpus", "1", "--include-dashboard",
                         "false", "--disable-usage-stats"], env=env, cwd=tmp, check=True, capture_output=True,
-                       timeout=120)
+                       timeout=300)
         address = (tmp / "ray" / "ray_current_cluster").read_text().strip()
         subprocess.run([str(RAY), "start", "--address", address, "--num-cpus", "1", "--node-ip-address", "127.0.0.2",
-                        "--disable-usage-stats"], env=env, cwd=tmp, check=True, capture_output=True, timeout=120)
+                        "--disable-usage-stats"], env=env, cwd=tmp, check=True, capture_output=True, timeout=300)
         yield {"tmp": tmp, "address": address, "token": token}
     finally:
         _stop(_ray_processes_under(tmp))
@@ -115,7 +115,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes(cluster, tmp_path):
     start = time.monotonic()
     d = _driver(["fig1", "--scale", "smoke", "--seeds", "0,1", "--address", cluster["address"], "--out", "exp",
                  "--no-progress"], env, tmp_path)
-    out, err = d.communicate(timeout=240)
+    out, err = d.communicate(timeout=600)
     assert d.returncode == 0, err
     nodes = set(re.findall(r"^\[\d+/2, \d+ s\] done \S+ on (\S+):", out, re.M))
     assert len(nodes) == 2 and "127.0.0.2" in nodes, out  # one trial per 1-CPU node
@@ -128,11 +128,16 @@ def test_two_node_cluster_runs_trials_on_both_nodes(cluster, tmp_path):
 
 def test_wrong_token_and_dead_address_fail_in_one_line_within_30_s(cluster, tmp_path):
     env = _env(cluster["tmp"], RAY_AUTH_TOKEN=uuid.uuid4().hex)
+    # The 30 s are the driver's wait for the cluster; starting Python and importing torch come on top of them.
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import ray, spiketide.cli, spiketide.experiments.reproduce"], env=env,
+                   check=True, timeout=300)
+    imports = time.monotonic() - start
     for address, message in ((cluster["address"], "RAY_AUTH_MODE=token"), ("127.0.0.1:1", "no Ray cluster answers")):
         start = time.monotonic()
         d = _driver(["fig1", "--scale", "smoke", "--seeds", "0", "--address", address, "--out", "exp"], env, tmp_path)
-        _, err = d.communicate(timeout=60)
-        assert time.monotonic() - start < 30
+        _, err = d.communicate(timeout=300)
+        assert time.monotonic() - start < 30 + imports
         assert d.returncode == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "exp").exists()  # refused before anything was written
 
@@ -148,7 +153,7 @@ def test_killed_local_sweep_leaves_nothing_running_and_a_stale_cluster_file_is_i
     snapshot = {}
     try:
         d = _driver(argv, env, tmp_path)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while not list((tmp_path / "exp" / "runs").glob("*/metrics.jsonl")):  # a trial is training
             assert d.poll() is None and time.monotonic() < deadline, d.communicate()
             time.sleep(0.5)
@@ -158,14 +163,14 @@ def test_killed_local_sweep_leaves_nothing_running_and_a_stale_cluster_file_is_i
         assert any(procs[p][2].startswith("ray::_remote_trial") for p in snapshot)
         d.send_signal(signal.SIGKILL)
         d.communicate()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while _alive(snapshot) and time.monotonic() < deadline:
             time.sleep(0.5)
         left = {p: _table().get(p, (0, b"", "?"))[2][:60] for p in _alive(snapshot)}
         assert not left, f"still running after the driver was killed: {left}"
         # The rerun starts its own instance beside the stale cluster file and finishes the trial.
         d = _driver(argv, env, tmp_path)
-        out, err = d.communicate(timeout=240)
+        out, err = d.communicate(timeout=600)
         assert d.returncode == 0, err
         (run,) = (tmp_path / "exp" / "runs").iterdir()
         epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]

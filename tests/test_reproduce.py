@@ -234,7 +234,7 @@ def test_paper_dry_run_checks_each_trial_on_cifar_files_without_ray_and_writes_n
     out = tmp_path / "exp"
     env = {**os.environ, "SPIKETIDE_DATA": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     r = subprocess.run([sys.executable, "-c", _WITHOUT_RAY, "reproduce", "fig1", "--scale", "paper", "--seeds", "0,1",
-                        "--dry-run", "--out", str(out)], env=env, capture_output=True, text=True, timeout=900)
+                        "--dry-run", "--out", str(out)], env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr
     (trial,) = rp.plan(["fig1"], "paper", [0])[0].values()
     params = sum(p.numel() for p in build_model(TrainConfig(**trial.config)).parameters())

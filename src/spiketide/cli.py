@@ -743,8 +743,8 @@ def add_experiment_commands(sub) -> None:
     p.add_argument("--cpus-per-trial", type=_positive_int, default=1, help="CPUs (and torch threads) per trial")
     p.add_argument("--gpus-per-trial", type=_gpus, default=0, help="GPUs per trial (fractions below 1 share a GPU)")
     p.add_argument("--dry-run", action="store_true",
-                   help="check every trial instead of running it: locate its data, one training step, one Fisher "
-                   "measurement and each analysis on a couple of images; print parameters, memory per image and "
+                   help="check every trial instead of running it: locate its data, one training step on two images, "
+                   "one Fisher measurement and each analysis on one; print parameters, memory per image and "
                    "estimated GPU-hours. Needs no Ray; writes nothing to --out")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=cmd_reproduce)

@@ -286,7 +286,7 @@ def _start_local(ray, workers: int | None, cpus_per_trial: int, gpus_per_trial: 
         watchdog.close()
         raise ConfigError(f"could not start a local Ray instance ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}); Ray's logs are under "
-                          f"{tempfile.gettempdir()}/ray") from None
+                          f"{os.environ.get('RAY_TMPDIR') or '/tmp'}/ray/session_latest/logs") from None
     watchdog.started()
     return watchdog
 
@@ -296,9 +296,12 @@ def _cluster_address(address: str) -> tuple[str, str, int]:
     source = f"--address {address}"
     if address == "auto":
         env = os.environ.get("RAY_ADDRESS")
-        from ray._common.utils import get_ray_address_file
+        try:
+            from ray._common.utils import get_ray_address_file
 
-        file = Path(get_ray_address_file(None))
+            file = Path(get_ray_address_file(None))
+        except ImportError:  # another Ray version: its documented default place
+            file = Path(os.environ.get("RAY_TMPDIR") or "/tmp") / "ray" / "ray_current_cluster"
         if env:
             address, source = env, f"RAY_ADDRESS={env}"
         elif file.is_file():
@@ -669,9 +672,11 @@ def dry_run(names: Sequence[str], scale: str, seeds: Sequence[int], *, images: i
                                                               if t.config["dataset"] == ds), download=False))
                          for split in ("train", "test")]
         except DataError as exc:
-            missing.append(str(exc).splitlines()[0])
+            missing.append(str(exc).splitlines()[0].split(" Fix:")[0].rstrip("."))
     if missing:
-        raise DataError("dry run: data missing: " + " | ".join(missing))
+        raise DataError(f"dry run: {'; '.join(missing)}. Fix: put the files in one of those folders, or set "
+                        "$SPIKETIDE_DATA to a folder that holds them (or <name>/ folders with them); a run without "
+                        "--dry-run downloads what is missing into the cache")
     first: dict[str, Trial] = {}
     for t in trials.values():  # one trial per config, whatever its seed
         first.setdefault(trial_id({**t.config, "seed": 0}), t)
