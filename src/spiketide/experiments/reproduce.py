@@ -364,6 +364,7 @@ def _join_cluster(ray, address: str) -> str:
     auth_fix = ("set RAY_AUTH_MODE=token on every node and on this machine, and copy the head node's token "
                 "(~/.ray/auth_token, or the RAY_AUTH_TOKEN variable) to each of them")
     if refused or "InvalidAuthToken" in log.read_text(errors="replace"):
+        log.unlink(missing_ok=True)
         raise ConfigError(f"the Ray cluster at {target} refused this driver's authentication token; {auth_fix}")
     if exc is None:
         raise ConfigError(f"the Ray cluster at {target} did not accept this driver within {_JOIN_TIMEOUT_S:.0f} s "
