@@ -659,8 +659,8 @@ def add_nir_command(sub) -> None:
                        "conv, the input normalisation as a 1x1 conv, nir.LIF with tau x dt (dt in the metadata), "
                        "per-step logits whose mean over T is the prediction. Needs the nir package.")
     p.add_argument("run_dir", help="a run directory (its last checkpoint) or a checkpoint .pt")
-    p.add_argument("--out", default=None, help="NIR file to write (default RUN_DIR/model.nir)")
-    p.add_argument("--dt", type=float, default=DEFAULT_DT,
+    p.add_argument("--out", type=_path, default=None, help="NIR file to write (default RUN_DIR/model.nir)")
+    p.add_argument("--dt", type=_finite(0, meaning="--dt"), default=DEFAULT_DT,
                    help="seconds per timestep written into the graph (default %(default)g, SpikingJelly's default)")
     p.add_argument("--pooling", choices=POOLINGS, default="avg",
                    help="avg: AvgPool2d nodes; sum: SumPool2d with the 1/4 folded into the next conv (for Norse)")
