@@ -79,6 +79,15 @@ def _driver(argv: list[str], env: dict, cwd: Path, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+def _communicate(d: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """The driver's output; a driver past its time is stopped with everything it started, then the test fails."""
+    try:
+        return d.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop(_tree({d.pid}, _table()))
+        raise
+
+
 def _short_tmp(prefix: str) -> Path:
     # Ray's unix sockets live under its temp folder; their paths must stay under 107 characters.
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
@@ -96,9 +105,10 @@ def cluster():
     token = uuid.uuid4().hex
     env = _env(tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     try:
+        # both nodes on loopback addresses: no traffic leaves this machine
         subprocess.run([str(RAY), "start", "--head", "--port", "0", "--num-cpus", "1", "--include-dashboard",
-                        "false", "--disable-usage-stats"], env=env, cwd=tmp, check=True, capture_output=True,
-                       timeout=300)
+                        "false", "--disable-usage-stats", "--node-ip-address", "127.0.0.1"], env=env, cwd=tmp,
+                       check=True, capture_output=True, timeout=300)
         address = (tmp / "ray" / "ray_current_cluster").read_text().strip()
         subprocess.run([str(RAY), "start", "--address", address, "--num-cpus", "1", "--node-ip-address", "127.0.0.2",
                         "--disable-usage-stats"], env=env, cwd=tmp, check=True, capture_output=True, timeout=300)
@@ -115,7 +125,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes(cluster, tmp_path):
     start = time.monotonic()
     d = _driver(["fig1", "--scale", "smoke", "--seeds", "0,1", "--address", cluster["address"], "--out", "exp",
                  "--no-progress"], env, tmp_path)
-    out, err = d.communicate(timeout=600)
+    out, err = _communicate(d, 600)
     assert d.returncode == 0, err
     nodes = set(re.findall(r"^\[\d+/2, \d+ s\] done \S+ on (\S+):", out, re.M))
     assert len(nodes) == 2 and "127.0.0.2" in nodes, out  # one trial per 1-CPU node
@@ -136,7 +146,7 @@ def test_wrong_token_and_dead_address_fail_in_one_line_within_30_s(cluster, tmp_
     for address, message in ((cluster["address"], "RAY_AUTH_MODE=token"), ("127.0.0.1:1", "no Ray cluster answers")):
         start = time.monotonic()
         d = _driver(["fig1", "--scale", "smoke", "--seeds", "0", "--address", address, "--out", "exp"], env, tmp_path)
-        _, err = d.communicate(timeout=300)
+        _, err = _communicate(d, 300)
         assert time.monotonic() - start < 30 + imports
         assert d.returncode == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "exp").exists()  # refused before anything was written
@@ -170,7 +180,7 @@ def test_killed_local_sweep_leaves_nothing_running_and_a_stale_cluster_file_is_i
         assert not left, f"still running after the driver was killed: {left}"
         # The rerun starts its own instance beside the stale cluster file and finishes the trial.
         d = _driver(argv, env, tmp_path)
-        out, err = d.communicate(timeout=600)
+        out, err = _communicate(d, 600)
         assert d.returncode == 0, err
         (run,) = (tmp_path / "exp" / "runs").iterdir()
         epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
