@@ -779,8 +779,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train, parser=p)
 
     p = sub.add_parser("demo", help="a CPU demo: convnet on Fashion-MNIST showing temporal information concentration",
-                       description="Train convnet on 2,000 Fashion-MNIST images (T=6) on the CPU while tracking temporal "
-                       "Fisher information; draws Fig. 1 and Fig. 3 and prints the information centroid's course.")
+                       description="Train convnet on 500 Fashion-MNIST images (T=6, 60 epochs) on the CPU while "
+                       "tracking temporal Fisher information; draws Fig. 1 and Fig. 3, prints the information "
+                       "centroid's course and the TIC rule's verdict.")
     p.add_argument("--out", type=_path, default="runs/demo", help="run directory (default %(default)s)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="override the number of epochs (for a quick look)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
