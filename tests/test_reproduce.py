@@ -157,6 +157,7 @@ def test_list_names_every_experiment_with_claims_and_costs(capsys):
     for name in EXPERIMENTS:
         assert f"{name}:" in out
     assert "GPU-h" in out and "ResNet19 shows performance saturation at timestep 4" in out
+    assert "requires: run base fits its training set" in out  # each claim's preconditions are listed
 
 
 def test_trial_identity_ignores_where_and_how_it_runs():

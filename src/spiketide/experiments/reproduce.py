@@ -710,12 +710,14 @@ def dry_run(names: Sequence[str], scale: str, seeds: Sequence[int], *, images: i
 
 
 def list_experiments() -> str:
-    """Every experiment with its claims and estimated cost per scale (runs shared between experiments are counted
-    in each)."""
+    """Every experiment with its claims, what each needs to be testable, and estimated cost per scale (runs shared
+    between experiments are counted in each)."""
     lines = []
     for name, exp in EXPERIMENTS.items():
         cost = (f"smoke {exp.hours('smoke', 1) * 60:.1f} trial-min per seed; cpu {exp.hours('cpu', 3):.1f} trial-h for "
                 f"3 seeds (half that with --workers 2); paper {exp.hours('paper', 1):.1f} GPU-h per seed")
         lines.append(f"{name}: {exp.title}\n    cost: {cost}")
-        lines += [f"    - {c.claim.text} (paper: {c.claim.paper})" for c in exp.claims("paper")]
+        for c in exp.claims("paper"):
+            lines.append(f"    - {c.claim.text} (paper: {c.claim.paper})")
+            lines += [f"        requires: {p.text}" for p in c.requires]
     return "\n".join(lines)
