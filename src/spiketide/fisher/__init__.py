@@ -9,7 +9,8 @@ trainable parameters theta:
     IC  = sum_t t I_t / sum_t I_t                                                   (Eq. 7, information_centroid)
 
 `cumulative_share` and `horizon_for_share` say how much of it the first t timesteps hold. Modules: `profile`
-(result, Eq. 7) · `reference` (the definition written plainly: brute force, the authors' estimator) · `rules`
+(result, Eq. 7) · `tic` (temporal information concentration: the one rule, read from IC at fixed fractions of
+training) · `reference` (the definition written plainly: brute force, the authors' estimator) · `rules`
 (per-sample gradient rules per layer type) · `engine` (hooks: all T horizons from one forward pass).
 """
 
