@@ -39,7 +39,7 @@ from spiketide import data, progress
 from spiketide.errors import ConfigError, DataError, RunInUse
 from spiketide.experiments.report import failure_path, write_reports
 from spiketide.experiments.suite import EXPERIMENTS, SCALES, resolve_names, trial_seconds
-from spiketide.experiments.trials import ANALYSES, RunResult, Trial, run_trial, trial_id
+from spiketide.experiments.trials import ANALYSES, RunResult, Trial, logged_to, run_trial, trial_id
 from spiketide.fisher import temporal_fisher
 from spiketide.runs import RunDir, atomic_write_json
 from spiketide.train import TrainConfig, Trainer, select_device
@@ -228,21 +228,6 @@ class _Watchdog:
             self.proc.kill()
 
 
-@contextlib.contextmanager
-def _fd_output_to(path: Path) -> Iterator[None]:
-    """Send this process's stdout and stderr (C level too: Ray's core logs its retries there) to a file."""
-    sys.stdout.flush(), sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(path, "a") as log:
-        os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush(), sys.stderr.flush()
-            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-            os.close(saved[0]), os.close(saved[1])
-
-
 def _import_ray():
     try:
         import ray
@@ -349,7 +334,7 @@ def _join_cluster(ray, address: str) -> str:
     log = Path(tempfile.gettempdir()) / f"spiketide-ray-join-{os.getpid()}.log"
     log.unlink(missing_ok=True)
     refused = False
-    with _fd_output_to(log):  # Ray's core prints a line per retry; the user gets one line
+    with logged_to(log):  # Ray's core prints a line per retry; the user gets one line
         thread = threading.Thread(target=connect, daemon=True)
         thread.start()
         deadline = time.monotonic() + _JOIN_TIMEOUT_S

@@ -28,7 +28,7 @@ from spiketide.experiments.pruning import iterative_prune
 from spiketide.runs import RunDir, atomic_write_json
 from spiketide.train import TrainConfig, Trainer, load_model, select_device
 
-__all__ = ["Trial", "RunResult", "run_trial", "trial_id", "resolve_config", "ANALYSES"]
+__all__ = ["Trial", "RunResult", "run_trial", "trial_id", "resolve_config", "logged_to", "ANALYSES"]
 
 # Options that do not change what a run computes: not part of its identity.
 _NOT_IDENTITY = {"out", "progress", "device", "data_root", "amp", "fast_lif", "eval_batch_size"}
@@ -99,8 +99,9 @@ ANALYSES: dict[str, tuple[str, Callable[[RunDir, TrainConfig, dict], dict]]] = {
 
 
 @contextlib.contextmanager
-def _logged(path: Path):
-    """Send this process's stdout and stderr (Python and C level) to a log file for the duration."""
+def logged_to(path: Path):
+    """Send this process's stdout and stderr (Python and C level: Ray's core and compilers print there) to a log
+    file for the duration."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush(), sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -124,7 +125,7 @@ def run_trial(trial: Trial, root: str | os.PathLike, threads: int | None = None)
     path = trial.run_dir(root)
     run = RunDir(path)
     config = TrainConfig.from_dict({**trial.config, "out": str(path), "progress": False, "device": "auto"})
-    with _logged(path / "trial.log"):
+    with logged_to(path / "trial.log"):
         result = RunResult(path)
         if not result.trained:
             resume = not run.is_empty()  # a half-finished trial continues where it stopped
