@@ -56,11 +56,14 @@ def analysis(r: RunResult, name: str) -> dict:
     return a
 
 
+def _usable(trace) -> list | None:
+    """The trace I_1..I_T when every value is finite and the sum positive, else None (a missing reading)."""
+    ok = trace and all(v is not None and math.isfinite(v) for v in trace) and sum(trace) > 0
+    return trace if ok else None
+
+
 def _centroid(trace) -> float | None:
-    if trace is None or any(v is None for v in trace):
-        return None
-    c = information_centroid(trace)
-    return c if math.isfinite(c) else None
+    return information_centroid(trace) if _usable(trace) else None
 
 
 def ic_series(r: RunResult, block: str | None = None) -> list[tuple[int, float | None]]:
@@ -89,12 +92,7 @@ def trace_at_end(r: RunResult) -> list[float]:
 
 
 def _share_series(r: RunResult, t: int) -> list[tuple[int, float | None]]:
-    out = []
-    for e, f in r.fisher():
-        tr = f.get("trace")
-        ok = tr and all(v is not None and math.isfinite(v) for v in tr) and sum(tr) > 0
-        out.append((e, tr[t] / sum(tr) if ok else None))
-    return out
+    return [(e, tr[t] / sum(tr) if (tr := _usable(f.get("trace"))) else None) for e, f in r.fisher()]
 
 
 def _norm(r: RunResult) -> int:
@@ -173,8 +171,7 @@ def log_fisher_end(label: str) -> Statistic:
     """Mean over the end window of log sum_t I_t."""
     def stat(runs):
         r = run(runs, label)
-        series = [(e, math.log(sum(f["trace"])) if f.get("trace") and None not in f["trace"] and sum(f["trace"]) > 0
-                   else None) for e, f in r.fisher()]
+        series = [(e, math.log(sum(tr)) if (tr := _usable(f.get("trace"))) else None) for e, f in r.fisher()]
         return window_mean(series, r.config["epochs"], *END, what="log sum I_t", include_lo=True)
     return stat
 
