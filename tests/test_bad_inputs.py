@@ -77,7 +77,8 @@ def _checkpoint(name: str = "last.pt", every: bool = False, **edits):
     would record them) and save it as `name`; `every`: rewrite every checkpoint of the run so."""
     def setup(run: Path, tmp: Path) -> None:
         from spiketide.runs import load_checkpoint
-        from spiketide.train import TrainConfig, model_identity
+        from spiketide.checkpoints import model_identity
+        from spiketide.config import TrainConfig
 
         for src in sorted((run / "checkpoints").glob("*.pt")) if every else [run / "checkpoints" / "last.pt"]:
             state = load_checkpoint(src)
@@ -189,15 +190,15 @@ CASES = [
          absent=NEW),
     Case("lr-nan", "Options", "`train --lr nan`", "learning rate must be a finite number > 0, got nan",
          TRAIN + ("--lr", "nan"), kept="nothing is created", absent=NEW),
-    Case("model", "Options", "`train --model lenet`", "unknown model 'lenet'; available: alexnet, convnet",
+    Case("model", "Options", "`train --model lenet`", "unknown model 'lenet'; choose one of alexnet, convnet",
          TRAIN + ("--model", "lenet"), kept="nothing is created", absent=NEW),
     Case("dataset", "Options", "`train --dataset mnist`", "unknown dataset 'mnist'", TRAIN + ("--dataset", "mnist"),
          kept="nothing is created", absent=NEW),
-    Case("loss-alpha", "Options", "`train --loss alpha` without `--alpha`", "--loss alpha needs --alpha A with A >= 0",
+    Case("loss-alpha", "Options", "`train --loss alpha` without `--alpha`", "--loss alpha needs --alpha A, a finite number >= 0",
          TRAIN + ("--loss", "alpha"), kept="nothing is created", absent=NEW),
     Case("alpha-preset", "Options", "`train --loss alpha --alpha cifar10:medium`", "unknown alpha preset 'cifar10:medium'",
          TRAIN + ("--loss", "alpha", "--alpha", "cifar10:medium"), kept="nothing is created", absent=NEW),
-    Case("alpha-inf", "Options", "`train --loss alpha --alpha inf`", "--alpha must be a finite number, got inf",
+    Case("alpha-inf", "Options", "`train --loss alpha --alpha inf`", "--alpha A, a finite number >= 0 (got inf)",
          TRAIN + ("--loss", "alpha", "--alpha", "inf"), kept="nothing is created (refused before training)",
          absent=NEW),
     Case("alpha-without-loss", "Options", "`train --alpha 0.1` without `--loss alpha`",
@@ -293,7 +294,7 @@ CASES = [
          "{run}/config.json holds a JSON list, not an object of settings", ("plot", "{run}"),
          setup=_write("config.json", "[1, 2]\n")),
     Case("config-invalid-value", "Run directories", "`stats RUN` whose config.json has `\"timesteps\": 0`",
-         "{run}/config.json records a config that is not valid (timesteps T must be >= 1, got 0)", ("stats", "{run}"),
+         "{run}/config.json records a config that is not valid (timesteps T must be a whole number >= 1, got 0)", ("stats", "{run}"),
          setup=_config(timesteps=0)),
     Case("metrics-not-a-record", "Run directories", "`plot RUN` whose metrics.jsonl has a line `[1, 2]`",
          "{run}/metrics.jsonl line 3 is a JSON list, not an epoch record", ("plot", "{run}"),
@@ -355,7 +356,7 @@ CASES = [
     Case("fisher-model-output", "Python API", "`temporal_fisher` of a model that returns logits [B, C], not [T, B, C]",
          "the model returned shape (4, 10); expected per-timestep logits [T, 4, C]", call=_fisher_flat_output),
     Case("fisher-batch-size", "Python API", "`Trainer(TrainConfig(fisher_batch_size=0))`",
-         "the Fisher batch size >= 1", call=_train_config(fisher_batch_size=0), kept="nothing is created",
+         "TrainConfig.fisher_batch_size must be a whole number >= 1, got 0", call=_train_config(fisher_batch_size=0), kept="nothing is created",
          absent=NEW),
     Case("config-type", "Python API", "`Trainer(TrainConfig(epochs=\"3\"))`",
          "TrainConfig field 'epochs' is \"3\", not a whole number", call=_train_config(epochs="3"),

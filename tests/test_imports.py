@@ -13,11 +13,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "spiketide"
 # Lowest first. A module may import only modules of its own or a lower layer.
 LAYERS = [
     {"errors"},
-    {"neuron", "evaluation", "progress", "adapters"},
+    {"checks", "config", "tables", "neuron", "evaluation", "progress", "adapters"},
     {"models", "data", "losses", "runs"},
-    {"fisher", "robustness", "pruning", "early_exit", "plots", "stats", "nir"},
-    {"callbacks"},
-    {"train"},
+    {"fisher", "robustness", "pruning", "early_exit", "plots", "stats", "nir", "checkpoints"},
+    {"train", "callbacks"},  # neither imports the other at run time: the caller hands callbacks to the loop
     {"experiments", "demo"},
     {"cli"},
 ]
@@ -91,3 +90,17 @@ def test_fresh_import_pulls_in_no_layer_above():
         assert not above, f"import spiketide.{n} loads {sorted(above)}, a layer above it"
     # the issue's own example: measuring Fisher information needs neither the training loop nor the data
     assert not loaded["spiketide.fisher"] & {"train", "data", "runs", "callbacks"}
+
+
+def test_parser_imports_no_torch():
+    """`spiketide --help` answers at once: building the whole parser imports neither torch nor numpy."""
+    code = ("import sys; from spiketide.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'numpy', 'matplotlib', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_train_imports_neither_fisher_nor_pruning():
+    """The training loop is extended by callbacks; the analyses it would drag in stay out of it."""
+    loaded = _loaded(["spiketide.train"])["spiketide.train"]
+    assert not loaded & {"fisher", "pruning", "callbacks", "robustness", "plots"}

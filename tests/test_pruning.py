@@ -18,7 +18,6 @@ from spiketide.errors import CheckpointError, ConfigError
 from spiketide.experiments import pruning as experiment
 from spiketide.experiments.pruning import iterative_prune
 from spiketide.pruning import (
-    apply_masks_from_state,
     choose_t_retrain,
     compute_saving,
     prunable,
@@ -27,7 +26,9 @@ from spiketide.pruning import (
     sparsity,
 )
 from spiketide.runs import RunDir, atomic_write_json, load_checkpoint, save_checkpoint
-from spiketide.train import TrainConfig, load_model, train
+from spiketide.checkpoints import apply_masks_from_state, load_model
+from spiketide.config import TrainConfig
+from spiketide.train import train
 
 
 def tiny_convnet(T: int = 3) -> nn.Module:

@@ -18,7 +18,9 @@ from spiketide.experiments import reproduce as rp
 from spiketide.experiments.suite import EXPERIMENTS, trial_seconds
 from spiketide.experiments.trials import RunResult, Trial, trial_id
 from spiketide.runs import RunDir
-from spiketide.train import Trainer, TrainConfig, build_model
+from spiketide.checkpoints import build_model
+from spiketide.config import TrainConfig
+from spiketide.train import Trainer
 
 ray = pytest.importorskip("ray")  # the test extra installs it; without it reproduce says how to
 

@@ -8,7 +8,10 @@ import torch
 
 from spiketide.errors import CheckpointError, ConfigError, TrainingDiverged
 from spiketide.runs import RunDir, load_checkpoint
-from spiketide.train import Callback, TrainConfig, Trainer, load_model, train
+from spiketide.callbacks import Callback
+from spiketide.checkpoints import load_model
+from spiketide.config import TrainConfig
+from spiketide.train import Trainer, train
 
 VOLATILE = {"seconds", "images_per_second"}
 
@@ -363,7 +366,7 @@ def test_a_path_given_in_python_is_recorded_as_a_string(tmp_path):
 
 
 def test_read_run_returns_the_checked_config(tmp_path):
-    from spiketide.train import read_run
+    from spiketide.checkpoints import read_run
 
     train(tiny(tmp_path, epochs=1))
     run, config = read_run(tmp_path / "run")

@@ -9,13 +9,11 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from spiketide import __version__
+from spiketide.config import (DATASETS, ENCODINGS, ESTIMATORS, LOSSES, MODELS, NIR_DT, NIR_POOLINGS, OPTIMIZERS,
+                              RUN_INVARIANT, SCALES, SCHEDULES, SEED_MAX, TrainConfig)
 from spiketide.errors import ConfigError, SpiketideError
-
-if TYPE_CHECKING:
-    from spiketide.train import TrainConfig
 
 
 def _int_at_least(lo: int):
@@ -76,8 +74,6 @@ def _thresholds(s: str) -> list[float]:
 
 
 def _seed(s: str) -> int:
-    from spiketide.train import SEED_MAX
-
     try:
         v = int(s)
     except ValueError:
@@ -111,21 +107,16 @@ def _finite(lo: float, hi: float = float("inf"), lo_open: bool = True, hi_open: 
     return parse
 
 
-def _add_train_options(p: argparse.ArgumentParser, defaults) -> None:
-    from spiketide import data, models
-    from spiketide.fisher import ESTIMATORS
-    from spiketide.losses import LOSSES
-    from spiketide.train import OPTIMIZERS, SCHEDULES
-
+def _add_train_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", default=defaults.model, help=f"architecture: {', '.join(models.available())} (default %(default)s)")
-    g.add_argument("--dataset", default=defaults.dataset, help=f"{', '.join(data.DATASETS)} (default %(default)s)")
+    g.add_argument("--model", default=defaults.model, help=f"architecture: {', '.join(MODELS)} (default %(default)s)")
+    g.add_argument("--dataset", default=defaults.dataset, help=f"{', '.join(DATASETS)} (default %(default)s)")
     g.add_argument("--data-root", type=_path, default=None, help="folder holding the dataset files (default: system folder or cache; downloads with checksum)")
     g.add_argument("--subset", type=_positive_int, default=defaults.subset, help="train on a deterministic class-balanced subset of N images")
     g.add_argument("--test-subset", type=_positive_int, default=defaults.test_subset, help="evaluate on a class-balanced subset of N test images")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="switch off training augmentation")
     g.add_argument("-T", "--timesteps", type=_positive_int, default=defaults.timesteps, help="timesteps T (default %(default)s)")
-    g.add_argument("--encoding", choices=models.ENCODINGS, default=defaults.encoding,
+    g.add_argument("--encoding", choices=ENCODINGS, default=defaults.encoding,
                    help="direct (the paper's) or poisson: a Bernoulli spike per pixel and timestep (rate coding)")
     g.add_argument("--width", type=float, default=defaults.width,
                    help="channel multiplier of the architecture (default %(default)s; 0.125 gives CPU-sized models)")
@@ -163,47 +154,39 @@ def _add_train_options(p: argparse.ArgumentParser, defaults) -> None:
     g.add_argument("--fisher-per-layer", action="store_true", help="also record Fisher information per block (Fig. 3)")
 
 
-def _config_from_args(args) -> "TrainConfig":
+def _config_from_args(args) -> TrainConfig:
     from spiketide.losses import resolve_alpha
-    from spiketide.train import TrainConfig
 
     values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     values["alpha"] = resolve_alpha(args.alpha)
     return TrainConfig(**values).validate()
 
 
-# Options that may accompany --resume: they do not change what the run computes.
-_RESUME_FREE = {"out", "resume", "progress", "device", "data_root"}
-
-
 def _given_options(parser: argparse.ArgumentParser, argv: list[str]) -> dict:
     """The options written on the command line (not left at their defaults), with their parsed values."""
-    saved = [(a, a.default) for a in parser._actions]
-    try:
-        for a, _ in saved:
-            a.default = argparse.SUPPRESS
-        return vars(parser.parse_args(argv))
-    finally:
-        for a, d in saved:
-            a.default = d
+    unset = object()  # argparse fills in a default only where the namespace has no value yet
+    given = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(parser.parse_args([]))}))
+    return {k: v for k, v in vars(given).items() if v is not unset}
 
 
-def _resume_config(args) -> "TrainConfig":
-    """The run's own config.json, refusing options that would silently be ignored."""
+def _resume_config(args) -> TrainConfig:
+    """The run's own config.json, refusing options that would change what it computes (`config.RUN_INVARIANT`
+    names those that may change)."""
+    from spiketide.checkpoints import read_run
     from spiketide.losses import resolve_alpha
-    from spiketide.train import TrainConfig, read_run
 
     run, config = read_run(args.out)
     given = _given_options(args.parser, args.argv)
     if "alpha" in given:
         given["alpha"] = resolve_alpha(given["alpha"])
     changed = [f"--{k.replace('_', '-')} {given[k]} (the run has {getattr(config, k)})" for k in given
-               if k in TrainConfig.__dataclass_fields__ and k not in _RESUME_FREE and given[k] != getattr(config, k)]
+               if k in TrainConfig.__dataclass_fields__ and k not in RUN_INVARIANT and given[k] != getattr(config, k)]
     if changed:
         raise ConfigError(f"--resume continues {run.path} exactly as it was started, so these options cannot change: "
                           f"{'; '.join(changed)}. Start a new run with another --out to change them.")
-    config.progress, config.device = args.progress, given.get("device", config.device)
-    config.data_root = given.get("data_root", config.data_root)
+    for k in RUN_INVARIANT - {"out", "progress"}:
+        setattr(config, k, given.get(k, getattr(config, k)))
+    config.progress = args.progress
     return config
 
 
@@ -237,7 +220,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from spiketide.train import read_run
+    from spiketide.checkpoints import read_run
 
     read_run(args.run_dir)
     paths = _draw_figures(args.run_dir)
@@ -264,9 +247,9 @@ def _checkpoints_of(path: str) -> tuple[list[Path], Path]:
 
     Results are written into the run, so a checkpoint of another model or dataset found there is refused.
     """
+    from spiketide.checkpoints import read_run
     from spiketide.errors import CheckpointError
     from spiketide.runs import RunDir, resolve_checkpoint, run_of
-    from spiketide.train import read_run
 
     p = Path(path)
     if p.is_dir():
@@ -285,51 +268,26 @@ def _checkpoints_of(path: str) -> tuple[list[Path], Path]:
 def _check_run_checkpoints(path, extra=()) -> None:
     """Open a run with the validating reader and refuse it when any checkpoint in it (used or not: results are
     written into the run) is not the run's own, naming the first difference."""
+    from spiketide.checkpoints import check_checkpoint, read_run
     from spiketide.runs import load_checkpoint
-    from spiketide.train import check_checkpoint, read_run
 
     run, config = read_run(path)
     for ckpt in sorted({*extra, *(run.checkpoints.glob("*.pt") if run.checkpoints.is_dir() else ())}):
         check_checkpoint(ckpt, load_checkpoint(ckpt), run, config)
 
 
-def _figure_path(out_dir: Path, out: Path, name: str) -> Path:
-    """Figures go to the run's figures/ folder, or beside the results file outside a run."""
-    from spiketide.runs import RunDir
-
-    return (RunDir(out_dir).figures if RunDir(out_dir).exists() else out.parent) / name
-
-
-def _eval_data(config, split: str, samples: int | None, seed: int, data_root: str | None, device):
-    from spiketide import data
-
-    return data.load(config.dataset, split, root=data_root or config.data_root, subset=samples, seed=seed, device=device)
-
-
-def _load_with_data(ckpt: Path, args, split: str, samples: int | None, device):
-    """A checkpoint's model and config, plus the class-balanced evaluation images its dataset gives."""
-    from spiketide.train import load_model
-
-    model, config, state = load_model(ckpt, device)
-    ds = _eval_data(config, split, samples, args.seed, args.data_root, device)
-    return model, config, state, ds
-
-
-def _write_results(out: Path, result: dict, out_dir: Path, figures: dict) -> int:
-    """An analysis' JSON, then its figures (name -> Figure) in the run's figures/ folder; says what it wrote."""
-    from spiketide import plots
-
-    _write_json(out, result)
-    paths = [p for name, fig in figures.items() for p in plots.save(fig, _figure_path(out_dir, out, name))]
-    print("figures: " + ", ".join(str(p) for p in paths))
+def _report_written(paths: list[Path]) -> int:
+    print(f"wrote {paths[0]}")
+    if paths[1:]:
+        print("also: " + ", ".join(str(p) for p in paths[1:]))
     return 0
 
 
-def _write_json(path: Path, obj) -> None:
-    from spiketide.runs import atomic_write_json
+def _where(args) -> dict:
+    """The evaluation options every analysis shares, as its keyword arguments."""
+    from spiketide.checkpoints import select_device
 
-    atomic_write_json(path, obj)
-    print(f"wrote {path}")
+    return dict(seed=args.seed, data_root=args.data_root, device=select_device(args.device))
 
 
 def _check_out_file(out: str) -> None:
@@ -368,118 +326,72 @@ def _analysis(body, path_arg: str):
 
 
 def cmd_fisher(args, ckpts: list[Path], out_dir: Path) -> int:
-    from spiketide import data, plots
-    from spiketide.fisher import temporal_fisher
-    from spiketide.train import select_device
+    from spiketide.experiments import analyses
 
-    device = select_device(args.device)
-    results = []
-    for ckpt in ckpts:
-        model, config, state, ds = _load_with_data(ckpt, args, args.split, args.samples, device)
-        prof = temporal_fisher(model, data.to_float(ds.images), ds.labels, estimator=args.estimator,
-                               per_layer=args.per_layer, batch_size=args.batch_size, seed=args.seed,
-                               progress=args.progress)
-        results.append({"checkpoint": str(ckpt), "epoch": state.get("epoch"), "fisher": prof.to_dict()})
-        trace = ", ".join(f"{v:.4g}" for v in prof.trace.tolist())
-        print(f"{ckpt.name} (epoch {state.get('epoch')}): I_t = [{trace}], centroid {prof.centroid:.3f}")
-    out = Path(args.out) if args.out else out_dir / "fisher.json"
-    records = [{"epoch": r["epoch"] if r["epoch"] is not None else i, "fisher": r["fisher"]}
-               for i, r in enumerate(results)]
-    figures = {f"{out.stem}_fig1": plots.plot_fig1(records)}
-    if args.per_layer:
-        figures[f"{out.stem}_fig3"] = plots.plot_fig3(records)
-    return _write_results(out, {"split": args.split, "samples": args.samples, "estimator": args.estimator,
-                                "results": results}, out_dir, figures)
+    def report(r: dict) -> None:
+        trace = ", ".join(f"{v:.4g}" for v in r["fisher"]["trace"])
+        print(f"{Path(r['checkpoint']).name} (epoch {r['epoch']}): I_t = [{trace}], centroid "
+              f"{r['fisher']['centroid']:.3f}")
+
+    result = analyses.fisher(ckpts, split=args.split, samples=args.samples, estimator=args.estimator,
+                             per_layer=args.per_layer, batch_size=args.batch_size, progress=args.progress,
+                             on_result=report, **_where(args))
+    return _report_written(analyses.write("fisher", result, out_dir, args.out, per_layer=args.per_layer))
 
 
 def cmd_deficits(args, ckpts: list[Path], out_dir: Path) -> int:
-    from spiketide import plots
-    from spiketide.experiments.deficits import deficits_over_checkpoints
-    from spiketide.train import select_device
+    from spiketide.experiments import analyses
 
     def report(r: dict) -> None:
         rel = ", ".join(f"{100 * v:+.1f}" for v in r["relative_accuracy"])
         print(f"{Path(r['checkpoint']).name} (epoch {r['epoch']}): clean {100 * r['clean']:.1f}%, "
               f"relative accuracy by window start [{rel}] points")
 
-    result = deficits_over_checkpoints(ckpts, window=args.window, noise_ratio=args.noise_ratio, samples=args.samples,
-                                       batch_size=args.batch_size, seed=args.seed, data_root=args.data_root,
-                                       device=select_device(args.device), progress=args.progress, on_result=report)
-    out = Path(args.out) if args.out else out_dir / "deficits.json"
-    return _write_results(out, result, out_dir, {"fig2_deficits": plots.plot_deficits(result)})
+    result = analyses.deficits(ckpts, window=args.window, noise_ratio=args.noise_ratio, samples=args.samples,
+                               batch_size=args.batch_size, progress=args.progress, on_result=report, **_where(args))
+    return _report_written(analyses.write("deficits", result, out_dir, args.out))
 
 
 def cmd_robustness(args, ckpts: list[Path], out_dir: Path) -> int:
     from spiketide import robustness
-    from spiketide.runs import atomic_write_text
-    from spiketide.train import select_device
+    from spiketide.experiments import analyses
 
-    device, ckpt = select_device(args.device), ckpts[-1]
-    model, config, state, ds = _load_with_data(ckpt, args, "test", args.samples, device)
-    print(f"{ckpt}: {len(ds)} test images; PGD eps {args.eps:.4g}, step {args.pgd_step:.4g}, {args.pgd_iters} iterations, "
-          f"random start {'on' if args.random_start else 'off'}")
-    result = robustness.evaluate(model, ds.images, ds.labels, batch_size=args.batch_size, eps=args.eps,
-                                 pgd_step=args.pgd_step, pgd_iters=args.pgd_iters, random_start=args.random_start,
-                                 noise_ratio=args.noise_ratio, seed=args.seed, progress=args.progress)
-    result["checkpoint"] = str(ckpt)
-    if args.eps_sweep:
-        sweep = robustness.eps_sweep(model, ds.images, ds.labels, batch_size=args.batch_size, seed=args.seed,
-                                     random_start=args.random_start, progress=args.progress)
-        result["eps_sweep"] = [{"eps": e, "accuracy": a} for e, a in sweep]
-        print("eps sweep (PGD): " + ", ".join(f"{255 * e:.0f}/255: {100 * a:.1f}%" for e, a in sweep))
-        warning = robustness.check_gradient_masking(sweep)
-        if warning:
-            result.setdefault("warnings", []).append(warning)
-    if args.window_k:
-        result["windowed"] = robustness.windowed_attack_report(
-            model, ds.images, ds.labels, args.window_k, eps=args.eps, pgd_step=args.pgd_step, pgd_iters=args.pgd_iters,
-            random_start=args.random_start, batch_size=args.batch_size, seed=args.seed, progress=args.progress)
-        w = result["windowed"]
-        print(f"PGD on timesteps 1..{w['k']} only: {100 * w['first_k']:.1f}%; on the last {w['k']} only: "
-              f"{100 * w['last_k']:.1f}%; all timesteps: {100 * w['all']:.1f}%")
-    md = robustness.to_markdown(result, name=args.name or config.model)
+    result = analyses.robustness_suite(
+        ckpts[-1], samples=args.samples, batch_size=args.batch_size, eps=args.eps, pgd_step=args.pgd_step,
+        pgd_iters=args.pgd_iters, random_start=args.random_start, noise_ratio=args.noise_ratio,
+        eps_sweep=args.eps_sweep, window_k=args.window_k, progress=args.progress, **_where(args))
+    print(f"{ckpts[-1]}: {result['images']} test images; PGD eps {args.eps:.4g}, step {args.pgd_step:.4g}, "
+          f"{args.pgd_iters} iterations, random start {'on' if args.random_start else 'off'}")
+    for line in analyses.robustness_lines(result):
+        print(line)
+    md = robustness.to_markdown(result, name=args.name or result["model"])
     print(md)
     for w in result.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
-    out = Path(args.out) if args.out else out_dir / "robustness.json"
-    _write_json(out, result)
-    atomic_write_text(out.with_suffix(".md"), md + "\n")
-    return 0
+    return _report_written(analyses.write("robustness", result, out_dir, args.out, markdown=md))
 
 
 def cmd_early_exit(args, ckpts: list[Path], out_dir: Path) -> int:
-    from spiketide import data, early_exit
-    from spiketide.fisher import temporal_fisher
-    from spiketide.train import select_device
+    from spiketide import early_exit
+    from spiketide.experiments import analyses
 
-    energy = _energy_model(args)  # bad constants fail before any loading
-    device, ckpt = select_device(args.device), ckpts[-1]
-    model, config, state, ds = _load_with_data(ckpt, args, "test", args.samples, device)
-    curve = early_exit.exit_curve(model, ds.images, ds.labels, thresholds=args.thresholds, batch_size=args.batch_size,
-                                  energy=energy)
-    train = _eval_data(config, "train", args.fisher_samples, args.seed, args.data_root, device)
-    prof = temporal_fisher(model, data.to_float(train.images), train.labels, batch_size=64, seed=args.seed)
-    curve["fisher"] = prof.to_dict()
-    curve["checkpoint"] = str(ckpt)
-    print(early_exit.summarize(curve, prof.trace))
-    out = Path(args.out) if args.out else out_dir / "early_exit.json"
-    return _write_results(out, curve, out_dir, {"early_exit": early_exit.exit_curve_figure(curve)})
+    curve = analyses.exit_costs(ckpts[-1], samples=args.samples, thresholds=args.thresholds,
+                                fisher_samples=args.fisher_samples, batch_size=args.batch_size,
+                                energy=_energy_model(args), **_where(args))
+    print(early_exit.summarize(curve, curve["fisher"]["trace"]))
+    return _report_written(analyses.write("early-exit", curve, out_dir, args.out))
 
 
 def cmd_stats(args, ckpts: list[Path], out_dir: Path) -> int:
     from spiketide import stats
-    from spiketide.train import select_device
+    from spiketide.experiments import analyses
 
-    energy = _energy_model(args)  # bad constants fail before any loading
-    device, ckpt = select_device(args.device), ckpts[-1]
-    model, config, state, ds = _load_with_data(ckpt, args, "test", args.samples, device)
-    result = stats.spike_stats(model, ds.images, ds.labels, batch_size=args.batch_size, progress=args.progress,
-                               energy=energy, nonbinary=args.nonbinary)
-    result["checkpoint"], result["epoch"] = str(ckpt), state.get("epoch")
-    print(f"{ckpt.name} (epoch {state.get('epoch')}):")
+    result = analyses.spike_counts(ckpts[-1], samples=args.samples, batch_size=args.batch_size,
+                                   energy=_energy_model(args), nonbinary=args.nonbinary, progress=args.progress,
+                                   **_where(args))
+    print(f"{ckpts[-1].name} (epoch {result['epoch']}):")
     print(stats.summarize(result))
-    out = Path(args.out) if args.out else out_dir / "stats.json"
-    return _write_results(out, result, out_dir, {out.stem: stats.stats_figure(result)})
+    return _report_written(analyses.write("stats", result, out_dir, args.out))
 
 
 def cmd_prune(args) -> int:
@@ -508,9 +420,10 @@ def _t_retrain(s: str) -> str | tuple[int, ...]:
     return "auto" if s.strip() == "auto" else tuple(_int_list("T_retrain timestep counts, or auto", "2,3,4,5", 1)(s))
 
 
-def _add_eval_options(p: argparse.ArgumentParser, samples_default: int | None, samples_help: str) -> None:
+def _add_eval_options(p: argparse.ArgumentParser, samples_default: int | None, samples_help: str,
+                      batch_size: int = 128) -> None:
     p.add_argument("--samples", type=_positive_int, default=samples_default, help=samples_help)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--batch-size", type=_positive_int, default=batch_size, help="images per batch (default %(default)s)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", type=_path, default=None, help="dataset folder (default: as at training time)")
@@ -532,17 +445,19 @@ def _energy_model(args):
     return stats.EnergyModel(e_ac_pj=args.e_ac, e_mac_pj=args.e_mac)
 
 
-def add_analysis_commands(sub) -> None:
+def _add_fisher(sub) -> None:
     p = sub.add_parser("fisher", help="temporal Fisher information (Eq. 3-7) of saved checkpoints",
                        description="Measure I_1..I_T (Eq. 6) and the information centroid (Eq. 7) of a checkpoint, or of "
                        "every saved checkpoint of a run directory; writes fisher.json and figures.")
     p.add_argument("path", help="a checkpoint .pt or a run directory")
-    p.add_argument("--estimator", choices=("empirical", "true", "batch"), default="empirical")
+    p.add_argument("--estimator", choices=ESTIMATORS, default="empirical")
     p.add_argument("--per-layer", action="store_true", help="also per block (Fig. 3)")
     p.add_argument("--split", choices=("train", "test"), default="train")
-    _add_eval_options(p, 128, "class-balanced images measured (default %(default)s)")
-    p.set_defaults(func=_analysis(cmd_fisher, "path"), batch_size=64)
+    _add_eval_options(p, 128, "class-balanced images measured (default %(default)s)", batch_size=64)
+    p.set_defaults(func=_analysis(cmd_fisher, "path"))
 
+
+def _add_deficits(sub) -> None:
     p = sub.add_parser("deficits", help="time-window noise deficits of saved checkpoints (Fig. 2)",
                        description="Test accuracy with Gaussian noise (l2 = 50%% of the image's) only in timesteps "
                        "[t, t+w-1], for every t, relative to the last window; for each saved checkpoint.")
@@ -552,6 +467,8 @@ def add_analysis_commands(sub) -> None:
     _add_eval_options(p, 1000, "class-balanced test images (default %(default)s)")
     p.set_defaults(func=_analysis(cmd_deficits, "path"))
 
+
+def _add_robustness(sub) -> None:
     p = sub.add_parser("robustness", help="Table 1: clean, Gaussian noise, blur, FGSM and PGD accuracy",
                        description="Evaluate a checkpoint under Gaussian noise (l2 = 50%%), blur (down/up x2, bilinear), "
                        "FGSM (eps 8/255) and PGD (eps 8/255, step 4/255, 10 iterations, random start) in pixel space.")
@@ -568,6 +485,8 @@ def add_analysis_commands(sub) -> None:
     _add_eval_options(p, None, "class-balanced test images (default: the whole test split)")
     p.set_defaults(func=_analysis(cmd_robustness, "checkpoint"))
 
+
+def _add_early_exit(sub) -> None:
     p = sub.add_parser("early-exit", help="confidence-based early exit: accuracy vs timesteps used",
                        description="Each test image exits at the first timestep whose horizon output (Eq. 4) is more "
                        "confident than a threshold; accuracy vs mean timesteps, the synaptic operations and energy that saves "
@@ -580,6 +499,8 @@ def add_analysis_commands(sub) -> None:
     _add_eval_options(p, None, "class-balanced test images (default: the whole test split)")
     p.set_defaults(func=_analysis(cmd_early_exit, "checkpoint"))
 
+
+def _add_stats(sub) -> None:
     p = sub.add_parser("stats", help="firing rates, synaptic operations and an energy estimate (beyond the paper)",
                        description="Per spiking layer and timestep: firing rate; per spike-driven conv/linear layer: "
                        "synaptic operations (input events x fan-out); dense MACs of the same network as an ANN; energy "
@@ -590,9 +511,11 @@ def add_analysis_commands(sub) -> None:
                    help="spike-driven layers fed non-binary inputs (e.g. average-pooled spikes): 'sops' counts their "
                    "non-zero inputs x fan-out (default), 'macs' their dense MACs, as SpikingJelly's op counters and syops")
     _add_energy_options(p)
-    _add_eval_options(p, 256, "class-balanced test images (default %(default)s)")
-    p.set_defaults(func=_analysis(cmd_stats, "checkpoint"), batch_size=64)
+    _add_eval_options(p, 256, "class-balanced test images (default %(default)s)", batch_size=64)
+    p.set_defaults(func=_analysis(cmd_stats, "checkpoint"))
 
+
+def _add_prune(sub) -> None:
     p = sub.add_parser("prune", help="iterative magnitude pruning that retrains with fewer timesteps (Fig. 6-7)",
                        description="Start from a trained run (T timesteps); R rounds of pruning p of the remaining conv/linear "
                        "weights and retraining with T_retrain timesteps; accuracy vs sparsity per T_retrain and the compute saving.")
@@ -617,13 +540,18 @@ def add_analysis_commands(sub) -> None:
     p.set_defaults(func=cmd_prune)
 
 
+def add_analysis_commands(sub) -> None:
+    for add in (_add_fisher, _add_deficits, _add_robustness, _add_early_exit, _add_stats, _add_prune):
+        add(sub)
+
+
 def cmd_export_nir(args, ckpts: list[Path], out_dir: Path) -> int:
     """The run's last checkpoint as a NIR graph (`spiketide.nir.to_nir`), then read back and compared."""
     import torch
 
     from spiketide import nir as snir
+    from spiketide.checkpoints import load_model
     from spiketide.models.base import poisson_spikes
-    from spiketide.train import load_model
 
     ckpt = ckpts[-1]
     out = Path(args.out) if args.out else out_dir / "model.nir"
@@ -651,8 +579,6 @@ def cmd_export_nir(args, ckpts: list[Path], out_dir: Path) -> int:
 
 
 def add_nir_command(sub) -> None:
-    from spiketide.nir import DEFAULT_DT, POOLINGS
-
     p = sub.add_parser("export-nir", help="write a run's model as a NIR graph (Neuromorphic Intermediate Representation)",
                        description="Export the last checkpoint of a run (or a checkpoint .pt) to a NIR file that "
                        "SpikingJelly, snnTorch, Norse and neuromorphic toolchains read: BatchNorm folded into each "
@@ -660,9 +586,9 @@ def add_nir_command(sub) -> None:
                        "per-step logits whose mean over T is the prediction. Needs the nir package.")
     p.add_argument("run_dir", help="a run directory (its last checkpoint) or a checkpoint .pt")
     p.add_argument("--out", type=_path, default=None, help="NIR file to write (default RUN_DIR/model.nir)")
-    p.add_argument("--dt", type=_finite(0, meaning="--dt"), default=DEFAULT_DT,
+    p.add_argument("--dt", type=_finite(0, meaning="--dt"), default=NIR_DT,
                    help="seconds per timestep written into the graph (default %(default)g, SpikingJelly's default)")
-    p.add_argument("--pooling", choices=POOLINGS, default="avg",
+    p.add_argument("--pooling", choices=NIR_POOLINGS, default="avg",
                    help="avg: AvgPool2d nodes; sum: SumPool2d with the 1/4 folded into the next conv (for Norse)")
     p.set_defaults(func=_analysis(cmd_export_nir, "run_dir"))
 
@@ -721,8 +647,6 @@ def cmd_report(args) -> int:
 
 
 def add_experiment_commands(sub) -> None:
-    from spiketide.experiments.suite import SCALES
-
     p = sub.add_parser("reproduce", help="the paper's figures and tables over several seeds, with a verdict per claim",
                        description="Train every run the named experiments need (shared between experiments, one run "
                        "directory each under OUT/runs), scheduled on Ray, then write OUT/<name>/report.md and "
@@ -762,8 +686,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from spiketide.train import TrainConfig
-
     parser = _Parser(
         prog="spiketide",
         description="Temporal information dynamics of spiking neural networks (Kim et al., AAAI 2023): "

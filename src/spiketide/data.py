@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spiketide.config import DATASETS, DatasetInfo, dataset_info  # re-exported: the registry lives in config
 from spiketide.errors import ConfigError, DataError
 from spiketide.evaluation import to_float  # re-exported: callers use data.to_float
 
@@ -50,41 +51,6 @@ __all__ = ["AUGMENT", "DATASETS", "SOURCES", "Augmentation", "DatasetInfo", "Ima
 
 
 # ----------------------------------------------------------------------------- registry
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Static facts about a dataset; ``mean``/``std`` are per channel, of pixels in [0, 1]."""
-
-    name: str
-    channels: int
-    image_size: int
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    train_size: int
-    test_size: int
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "fashion-mnist": DatasetInfo("fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,), 60_000, 10_000),
-    "cifar10": DatasetInfo("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 50_000, 10_000),
-    "cifar100": DatasetInfo("cifar100", 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                            50_000, 10_000),
-    "svhn": DatasetInfo("svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 73_257, 26_032),
-    "digits": DatasetInfo("digits", 1, 8, 10, (0.3057,), (0.3760,), 1_347, 450),  # our split, see _read_digits
-}
-# Keys are lower-case names without '-' or '_'.
-_ALIASES = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar10": "cifar10",
-            "cifar100": "cifar100", "svhn": "svhn", "digits": "digits"}
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """Look up a dataset by name (case-insensitive; ``-`` and ``_`` optional)."""
-    key = _ALIASES.get(str(name).strip().lower().replace("-", "").replace("_", ""))
-    if key is None:
-        raise ConfigError(f"unknown dataset {name!r}; valid names are: {', '.join(DATASETS)}")
-    return DATASETS[key]
 
 
 @dataclass(frozen=True)

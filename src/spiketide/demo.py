@@ -13,7 +13,8 @@ from pathlib import Path
 from spiketide import callbacks, plots
 from spiketide.fisher.tic import TIC_MARGIN, MissingValue, ic_levels, tic_score
 from spiketide.runs import RunDir, atomic_write_json
-from spiketide.train import TrainConfig, train
+from spiketide.config import TrainConfig
+from spiketide.train import train
 
 __all__ = ["demo_config", "run_demo", "tic_summary"]
 

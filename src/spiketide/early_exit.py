@@ -66,30 +66,10 @@ def exit_curve(
         raise ConfigError("energy must be an EnergyModel(e_ac_pj=..., e_mac_pj=...) or None, "
                           f"got {type(energy).__name__}")
     images, labels = evaluation.check_images(images, labels)
-    confs: list[Tensor] = []
-    corrects: list[Tensor] = []
     counter = None if energy is None else stats.OperationCounter(model, spiking_modules, per_sample=True)
     if counter is not None and not counter.spiking:
         counter = None
-    with evaluation.eval_mode(model), torch.no_grad(), counter if counter is not None else contextlib.nullcontext():
-        for xb, yb in evaluation.pixel_batches(images, labels, batch_size, evaluation.model_device(model)):
-            if counter is not None:
-                counter.start(xb.shape[0])
-            out = evaluation.logits(model, xb)
-            if not torch.isfinite(out).all():
-                raise ModelOutputError("model returned non-finite logits (NaN or inf)")
-            if confs and out.shape[0] != confs[0].shape[0]:
-                raise ModelOutputError(f"model returned {out.shape[0]} timesteps, earlier batches had {confs[0].shape[0]}")
-            conf, pred = horizon_logits(out.float()).softmax(-1).max(-1)  # [T, B]
-            confs.append(conf.cpu())
-            corrects.append((pred == yb[None]).cpu())
-            if counter is not None:
-                try:
-                    counter.finish(out.shape[0])
-                except ConfigError as e:
-                    raise ConfigError(f"{e}; or count nothing with energy=None") from None
-    conf = torch.cat(confs, dim=1)
-    correct = torch.cat(corrects, dim=1)
+    conf, correct = _confidences(model, images, labels, batch_size, counter)
     T, n = conf.shape
     accuracy, mean_steps, histograms, exits = [], [], [], []
     for th in ths:
@@ -111,6 +91,32 @@ def exit_curve(
         "n": int(n),
         "operations": None if counter is None else _operations(counter, exits, energy),
     }
+
+
+def _confidences(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int,
+                 counter: stats.OperationCounter | None) -> tuple[Tensor, Tensor]:
+    """(confidence, correct) of every horizon output (Eq. 4) and image, [T, n] each, from one forward pass per
+    batch; `counter` (if any) counts each image's operations per timestep in the same pass."""
+    confs: list[Tensor] = []
+    corrects: list[Tensor] = []
+    with evaluation.eval_mode(model), torch.no_grad(), counter if counter is not None else contextlib.nullcontext():
+        for xb, yb in evaluation.pixel_batches(images, labels, batch_size, evaluation.model_device(model)):
+            if counter is not None:
+                counter.start(xb.shape[0])
+            out = evaluation.logits(model, xb)
+            if not torch.isfinite(out).all():
+                raise ModelOutputError("model returned non-finite logits (NaN or inf)")
+            if confs and out.shape[0] != confs[0].shape[0]:
+                raise ModelOutputError(f"model returned {out.shape[0]} timesteps, earlier batches had {confs[0].shape[0]}")
+            conf, pred = horizon_logits(out.float()).softmax(-1).max(-1)  # [T, B]
+            confs.append(conf.cpu())
+            corrects.append((pred == yb[None]).cpu())
+            if counter is not None:
+                try:
+                    counter.finish(out.shape[0])
+                except ConfigError as e:
+                    raise ConfigError(f"{e}; or count nothing with energy=None") from None
+    return torch.cat(confs, dim=1), torch.cat(corrects, dim=1)
 
 
 def _operations(counter: stats.OperationCounter, exits: list[Tensor], energy: stats.EnergyModel) -> dict[str, Any]:

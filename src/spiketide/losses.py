@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from spiketide.checks import check_loss
+from spiketide.config import LOSSES
 from spiketide.errors import ConfigError
 
 __all__ = ["horizon_logits", "horizon_losses", "mean_output_ce", "alpha_loss", "per_timestep_ce", "tet_loss",
@@ -84,8 +86,6 @@ class Loss:
         return self.name + param.get(self.name, "")
 
 
-LOSSES = {"ce": "cross-entropy of the mean output (the paper's)", "alpha": "Eq. 9-10, needs --alpha",
-          "per-timestep": "mean over t of CE(o_t, y)", "tet": "TET (Deng et al. 2022), needs --tet-lambda"}
 
 # The paper's [low, intermediate, high] alpha per dataset (section "Analysis on TIC: Robustness Perspective").
 ALPHA_PRESETS: dict[str, dict[str, float]] = {
@@ -114,14 +114,9 @@ def resolve_alpha(value: str | float | None) -> float | None:
 
 def make_loss(name: str = "ce", alpha: float | None = None, tet_lambda: float | None = None) -> Loss:
     """Build a training loss by name (`LOSSES`): 'alpha' needs alpha >= 0, 'tet' needs tet_lambda in [0, 1]."""
-    if name not in LOSSES:
-        raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    check_loss(name, alpha, tet_lambda, LOSSES)
     if name == "alpha":
-        if alpha is None or not (alpha >= 0):
-            raise ConfigError(f"--loss alpha needs --alpha A with A >= 0 (got {alpha}); paper values are 1e-4 .. 7e-2")
         return Loss("alpha", float(alpha))
     if name == "tet":
-        if tet_lambda is None or not (0 <= tet_lambda <= 1):
-            raise ConfigError(f"--loss tet needs --tet-lambda L with 0 <= L <= 1 (got {tet_lambda}); TET uses 0.05")
         return Loss("tet", tet_lambda=float(tet_lambda))
     return Loss(name)

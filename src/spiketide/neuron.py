@@ -14,6 +14,7 @@ import warnings
 import torch
 from torch import nn
 
+from spiketide.checks import check_tau  # re-exported: LIF(tau) checks it
 from spiketide.errors import ConfigError
 
 __all__ = ["ArcTanSpike", "spike", "lif_step", "lif_scan", "LIF", "check_tau", "default_fast"]
@@ -65,15 +66,6 @@ def lif_scan(x: torch.Tensor, tau: float, v_threshold: float = 1.0, detach_reset
         s, u = lif_step(x[t], u, tau, v_threshold, detach_reset)
         out.append(s)
     return torch.stack(out)
-
-
-def check_tau(tau: float) -> float:
-    """Eq. 1 divides by tau: any finite non-zero value is allowed (the paper uses 0.75, 2 and 4)."""
-    tau = float(tau)
-    if tau == 0 or not math.isfinite(tau):
-        raise ConfigError(f"LIF time constant tau must be a finite non-zero number, got {tau}: Eq. 1 divides by tau "
-                          "(the paper uses 0.75, 2 and 4).")
-    return tau
 
 
 def default_fast() -> bool:

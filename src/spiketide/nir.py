@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from spiketide import __version__
+from spiketide.config import NIR_DT, NIR_POOLINGS
 from spiketide.errors import ConfigError
 from spiketide.models.alexnet import AlexNet
 from spiketide.models.base import SpikingModel, fold
@@ -48,11 +49,9 @@ from spiketide.neuron import LIF, check_tau, lif_scan
 
 __all__ = ["to_nir", "from_nir", "write", "read", "NIRModel", "SUPPORTED", "POOLINGS", "DEFAULT_DT"]
 
-#: Seconds per timestep written into exported graphs (SpikingJelly's `import_from_nir` default).
-DEFAULT_DT = 1e-4
-
-#: How `to_nir` writes a 2x2 average pool: AvgPool2d, or SumPool2d with the 1/4 folded into the next conv.
-POOLINGS = ("avg", "sum")
+#: Seconds per timestep written into exported graphs (SpikingJelly's `import_from_nir` default), and how `to_nir`
+#: writes a 2x2 average pool: AvgPool2d, or SumPool2d with the 1/4 folded into the next conv.
+DEFAULT_DT, POOLINGS = NIR_DT, NIR_POOLINGS
 
 #: NIR node types `from_nir` builds; any other type is refused.
 SUPPORTED = ("Input", "Output", "Affine", "Linear", "Conv2d", "AvgPool2d", "SumPool2d", "Flatten", "Scale", "LIF")

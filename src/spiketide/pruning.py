@@ -8,8 +8,8 @@ retrains with T_retrain < T timesteps; `compute_saving` is its N_retrain R (T - 
 
 Pruning uses `torch.nn.utils.prune` (weight = weight_orig * weight_mask, re-applied before every
 forward), so masks stay in force through retraining with no callback, and a pruned state_dict holds
-`X.weight_orig` / `X.weight_mask`; `apply_masks_from_state` re-creates that on a fresh model so such
-checkpoints load (`spiketide.train.load_model` calls it).
+`X.weight_orig` / `X.weight_mask`; `checkpoints.apply_masks_from_state` re-creates that on a fresh model so
+such checkpoints load.
 
 Beyond the paper: `choose_t_retrain` picks T_retrain as the smallest t whose cumulative Fisher
 information reaches a share q of the total (`fisher.horizon_for_share`).
@@ -27,18 +27,16 @@ from torch import nn
 from torch.nn.utils import prune
 
 from spiketide import fisher
+from spiketide.checks import is_whole
 from spiketide.errors import CheckpointError, ConfigError
+from spiketide.tables import markdown_table
 
 __all__ = [
-    "compute_saving", "prunable", "prune_round", "sparsity", "apply_masks_from_state", "rewind_weights",
+    "compute_saving", "prunable", "prune_round", "sparsity", "rewind_weights",
     "check_rate", "choose_t_retrain", "to_markdown", "PRUNABLE_TYPES",
 ]
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def check_rate(rate: Any) -> float:
@@ -57,7 +55,7 @@ def compute_saving(N: int, N_retrain: int, R: int, T: int, T_retrain: int) -> fl
     (N=300, N_retrain=60, R=5, T=5, T_retrain=3) gives 20.0.
     """
     for name, v in (("N", N), ("N_retrain", N_retrain), ("R", R), ("T", T), ("T_retrain", T_retrain)):
-        if not _is_int(v):
+        if not is_whole(v):
             raise ConfigError(f"compute_saving: {name} must be a whole number, got {v!r}")
         if v < 1:
             raise ConfigError(f"compute_saving: {name} must be >= 1, got {v}")
@@ -120,46 +118,6 @@ def prune_round(model: nn.Module, amount: float) -> float:
     return sparsity(model)
 
 
-def apply_masks_from_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """Re-create the pruning reparametrisation saved in `state_dict` (keys `X.weight_orig` / `X.weight_mask`).
-
-    For every such pair the module `X` gets `prune.custom_from_mask(X, "weight", mask)` (or its
-    existing mask is overwritten), so `model.load_state_dict(state_dict)` then succeeds and the
-    masks stay in force during training. Returns the names (`X.weight`) that were masked.
-    """
-    done = []
-    for key, mask in state_dict.items():
-        if not key.endswith("_mask") or key[: -len("_mask")] + "_orig" not in state_dict:
-            continue
-        full = key[: -len("_mask")]
-        mod_path, _, pname = full.rpartition(".")
-        try:
-            module = model.get_submodule(mod_path)
-        except AttributeError:
-            raise CheckpointError(f"pruning mask {key!r} names module {mod_path!r}, which this model does not have; "
-                                  "the checkpoint belongs to another architecture") from None
-        if not isinstance(mask, torch.Tensor):
-            raise CheckpointError(f"pruning mask {key!r} is not a tensor")
-        if hasattr(module, pname + "_mask"):  # already pruned: just take the saved mask
-            current = getattr(module, pname + "_mask")
-            if current.shape != mask.shape:
-                raise CheckpointError(f"pruning mask {key!r} has shape {tuple(mask.shape)}, the model's is "
-                                      f"{tuple(current.shape)}")
-            with torch.no_grad():
-                current.copy_(mask)
-        else:
-            param = module._parameters.get(pname)
-            if param is None:
-                raise CheckpointError(
-                    f"pruning mask {key!r}: module {mod_path or '<model>'!r} has no parameter {pname!r}")
-            if param.shape != mask.shape:
-                raise CheckpointError(f"pruning mask {key!r} has shape {tuple(mask.shape)}, the parameter's is "
-                                      f"{tuple(param.shape)}; the checkpoint belongs to another model")
-            prune.custom_from_mask(module, pname, mask.to(device=param.device, dtype=param.dtype))
-        done.append(full)
-    return done
-
-
 def rewind_weights(model: nn.Module, early_state: Mapping[str, torch.Tensor]) -> None:
     """Copy an earlier (unpruned or pruned) state into a pruned model, keeping its masks.
 
@@ -219,12 +177,8 @@ def to_markdown(result: Mapping[str, Any]) -> str:
              ""]
     first = result["curves"][keys[0]]
     header = ["T_retrain"] + [f"{100 * s:.1f}%" for s in first["sparsity"]] + ["compute saving"]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join("---" for _ in header) + "|")
-    for k in keys:
-        c = result["curves"][k]
-        row = [k] + [f"{100 * a:.2f}" for a in c["test_acc"]] + [f"{result['compute_saving'][k]:.1f}%"]
-        lines.append("| " + " | ".join(row) + " |")
+    lines.append(markdown_table(header, [[k, *(f"{100 * a:.2f}" for a in result["curves"][k]["test_acc"]),
+                                          f"{result['compute_saving'][k]:.1f}%"] for k in keys]))
     lines.append("")
     lines.append("Columns: sparsity after each round (round 0 = the trained model); cells: test accuracy (%).")
     if result.get("auto"):

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from spiketide import evaluation, progress as progress_bar
 from spiketide.errors import ConfigError
+from spiketide.tables import markdown_table
 
 __all__ = [
     "predict", "gaussian_noise", "blur", "windowed_input", "fgsm", "pgd", "evaluate", "eps_sweep",
@@ -527,12 +528,9 @@ def _cell(result: Mapping[str, Any], key: str) -> str:
 
 def to_markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown Table 1 with one row per ``name -> evaluate() result``: ``acc (-drop)`` in %."""
-    lines = ["| model | clean | Gaussian noise | Blur | FGSM | PGD |", "|---|---|---|---|---|---|"]
-    for name, res in results.items():
-        clean = "n/a" if res.get("clean") is None else f"{100 * float(res['clean']):.2f}"
-        cells = [str(name).replace("|", "\\|"), clean] + [_cell(res, key) for key, _ in _COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [[name, "n/a" if res.get("clean") is None else f"{100 * float(res['clean']):.2f}",
+             *(_cell(res, key) for key, _ in _COLUMNS)] for name, res in results.items()]
+    return markdown_table(["model", "clean", "Gaussian noise", "Blur", "FGSM", "PGD"], rows) + "\n"
 
 
 def to_markdown(result: Mapping[str, Any], name: str = "model") -> str:

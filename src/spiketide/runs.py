@@ -9,19 +9,15 @@ left by a killed process never blocks a resume.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import numbers
 import os
 import re
 import socket
 import sys
 import tempfile
 import time
-import types
-import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,11 +25,12 @@ from typing import Any
 import filelock
 import torch
 
+from spiketide.checks import check_fields, json_kind
 from spiketide.errors import CheckpointError, ConfigError, RunInUse
 
 __all__ = [
     "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "save_checkpoint", "load_checkpoint",
-    "RunDir", "resolve_checkpoint", "run_of", "check_fields", "field_problem", "check_creatable", "git_commit",
+    "RunDir", "resolve_checkpoint", "run_of", "check_creatable", "git_commit",
 ]
 
 
@@ -138,76 +135,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 _EPOCH_RE = re.compile(r"epoch_(\d+)\.pt$")
 
 
-def _type_name(hint: Any) -> str:
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return " or ".join(_type_name(h) for h in typing.get_args(hint))
-    if typing.get_origin(hint) is list:
-        item = typing.get_args(hint)[0]
-        return "a list of " + {int: "whole numbers", float: "numbers", str: "strings"}.get(item, _type_name(item))
-    return {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
-            type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value has the type of a dataclass field (bool is never a number; an int is a float)."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return any(_fits(value, h) for h in typing.get_args(hint))
-    if typing.get_origin(hint) is list:  # (a tuple only ever comes from Python, never from a JSON file)
-        return isinstance(value, (list, tuple)) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def field_problem(obj: Mapping, schema: type, optional: Mapping[str, Any] = {}) -> str | None:
-    """The first field of the dataclass `schema` that `obj` lacks (and `optional` does not name) or holds with
-    another type, said in words ("lacks 'epochs'", "field 'epochs' is "3", not a whole number"); else None."""
-    hints = typing.get_type_hints(schema)
-    for f in dataclasses.fields(schema):
-        if f.name not in obj:
-            if f.name not in optional:
-                return f"lacks {f.name!r}"
-        elif not _fits(obj[f.name], hints[f.name]):
-            return f"field {f.name!r} is {_show(obj[f.name])}, not {_type_name(hints[f.name])}"
-    return None
-
-
-def _show(v: Any) -> str:
-    try:
-        return json.dumps(v)[:80]
-    except (TypeError, ValueError):
-        return repr(v)[:80]
-
-
-def check_fields(obj: Any, schema: type, where: str | os.PathLike, optional: Mapping[str, Any] = {}) -> dict:
-    """Check a JSON object against a dataclass schema: every field present, each of its declared type.
-
-    A field is required unless named in `optional` (fields added after a file was written: the value is
-    what the code that wrote it did, never a guess). Keys the schema lacks are kept. Returns a new dict
-    with `optional`'s values filled in; raises CheckpointError naming `where` and the first bad field.
-    """
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{where} holds a JSON {_json_kind(obj)}, not an object of settings; the file was "
-                              "edited or damaged: restore it or start a new run")
-    problem = field_problem(obj, schema, optional)
-    if problem:
-        hint = " (no default is assumed for a recorded run)" if problem.startswith("lacks") else ""
-        raise CheckpointError(f"{where} {problem}{hint}; the file was edited or damaged: restore it or start a new "
-                              "run")
-    return {**{k: v for k, v in optional.items() if k not in obj}, **obj}
-
-
-def _json_kind(v: Any) -> str:
-    return {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(v), "number" if isinstance(v, (int, float)) else type(v).__name__)
-
-
 # Per-epoch numbers a metrics record may hold: each a number or null (an unmeasured epoch).
 _METRIC_NUMBERS = ("train_loss", "train_acc", "test_acc", "lr", "seconds", "images_per_second")
 
@@ -215,7 +142,7 @@ _METRIC_NUMBERS = ("train_loss", "train_acc", "test_acc", "lr", "seconds", "imag
 def _check_record(record: Any, where: str) -> int:
     """A metrics.jsonl line: an object whose `epoch` is a whole number >= 0; returns that epoch."""
     if not isinstance(record, dict):
-        raise CheckpointError(f"{where} is a JSON {_json_kind(record)}, not an epoch record; the file was edited "
+        raise CheckpointError(f"{where} is a JSON {json_kind(record)}, not an epoch record; the file was edited "
                               "or damaged: restore it or start a new run")
     epoch = record.get("epoch", None)
     if "epoch" not in record or isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
@@ -238,22 +165,8 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.json"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def figures(self) -> Path:
-        return self.path / "figures"
+        self.config_path, self.metrics_path = self.path / "config.json", self.path / "metrics.jsonl"
+        self.checkpoints, self.figures = self.path / "checkpoints", self.path / "figures"
 
     def checkpoint_path(self, epoch: int | None = None) -> Path:
         return self.checkpoints / ("last.pt" if epoch is None else f"epoch_{epoch:04d}.pt")
@@ -322,7 +235,7 @@ class RunDir:
         if schema is not None:
             return check_fields(config, schema, self.config_path, getattr(schema, "ADDED_LATER", {}))
         if not isinstance(config, dict):
-            raise CheckpointError(f"{self.config_path} holds a JSON {_json_kind(config)}, not an object of settings; "
+            raise CheckpointError(f"{self.config_path} holds a JSON {json_kind(config)}, not an object of settings; "
                                   "the file was edited or damaged: restore it or start a new run")
         return config
 

@@ -60,6 +60,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from spiketide import evaluation, progress as progress_bar
+from spiketide.checks import whole
 from spiketide.errors import ConfigError, ModelOutputError
 from spiketide.neuron import LIF
 
@@ -334,12 +335,6 @@ def _events_times_fanout(mod: nn.Module, x: Tensor, split: bool = False) -> Tens
     return _rows(hits).to(acc).sum(1, keepdim=True) * (mod.out_channels // mod.groups)
 
 
-def _check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-    return batch_size
-
-
 def spike_stats(model: nn.Module, images: Any, labels: Any = None, *, batch_size: int = 64, progress: bool = False,
                 energy: EnergyModel = EnergyModel(), spiking_modules: SpikingSpec = None,
                 nonbinary: str = "sops") -> dict[str, Any]:
@@ -367,7 +362,7 @@ def spike_stats(model: nn.Module, images: Any, labels: Any = None, *, batch_size
         raise ConfigError(f"model must be a torch nn.Module, got {type(model).__name__}")
     if not isinstance(energy, EnergyModel):
         raise ConfigError(f"energy must be an EnergyModel(e_ac_pj=..., e_mac_pj=...), got {type(energy).__name__}")
-    batch_size = _check_batch_size(batch_size)
+    batch_size = whole("batch_size", batch_size, 1)
     nonbinary = _check_nonbinary(nonbinary)
     if labels is None:
         n = len(images) if hasattr(images, "__len__") else 0

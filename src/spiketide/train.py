@@ -1,6 +1,6 @@
 """The one training loop: STBP/BPTT (Eq. 2) over all timesteps, extended by losses and callbacks.
 
-`TrainConfig` holds every option (validated once); `Trainer.fit()` runs the epochs, writes
+`TrainConfig` (spiketide.config) holds every option, validated once; `Trainer.fit()` runs the epochs, writes
 `metrics.jsonl` and checkpoints into a run directory it holds locked, and calls the `Callback`s
 its caller handed in (Fisher tracking, pruning masks, ...) at fixed points. The loss is handed in
 too, or built from the config. Data-parallel with `torchrun` (DDP): every rank holds the whole
@@ -11,303 +11,29 @@ statistics are those of the global batch; rank 0 writes.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.distributed.nn.functional import all_reduce
 
-from spiketide import __version__, data, models, progress
-from spiketide.callbacks import Callback
+from spiketide import __version__, data, progress
+from spiketide.checkpoints import build_model, check_checkpoint, class_path, model_identity, read_run, select_device
+from spiketide.config import RUN_SETTINGS, TrainConfig
 from spiketide.errors import CheckpointError, ConfigError, TrainingDiverged
 from spiketide.evaluation import accuracy, check_logits
-from spiketide.fisher import ESTIMATORS
 from spiketide.losses import batch_mean, horizon_losses, make_loss
-from spiketide.neuron import check_tau
-from spiketide.pruning import apply_masks_from_state
-from spiketide.runs import (RunDir, check_creatable, check_fields, field_problem, git_commit, load_checkpoint, run_of,
-                            save_checkpoint)
+from spiketide.runs import RunDir, check_creatable, git_commit, load_checkpoint, save_checkpoint
 
-__all__ = ["TrainConfig", "Callback", "Trainer", "train", "build_model", "select_device", "load_model",
-           "read_run", "model_identity", "checkpoint_identity", "check_checkpoint", "OPTIMIZERS", "SCHEDULES",
-           "SEED_MAX"]
+if TYPE_CHECKING:
+    from spiketide.callbacks import Callback
 
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("cosine", "constant")
-SEED_MAX = 2**32 - 1  # the seed seeds torch generators (with seed + 1, seed + epoch) and numpy-sized seeds
-
-
-@dataclass
-class TrainConfig:
-    """Every option of a training run; stored in config.json and in every checkpoint."""
-
-    model: str = "resnet19"
-    dataset: str = "cifar10"
-    data_root: str | None = None
-    subset: int | None = None  # class-balanced training subset
-    test_subset: int | None = None
-    augment: bool = True
-    timesteps: int = 10
-    tau: float = 2.0
-    width: float = 1.0  # channel multiplier of the architecture (1/8 gives CPU-sized paper topologies)
-    encoding: str = "direct"  # or "poisson" (rate coding)
-    epochs: int = 300
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    eval_every: int = 1  # test accuracy every K epochs; always at epoch 0 and the last
-    optimizer: str = "sgd"
-    lr: float = 0.3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    loss: str = "ce"
-    alpha: float | None = None
-    tet_lambda: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True  # bf16 autocast, used on CUDA only
-    fast_lif: bool = True
-    checkpoint_epochs: list[int] = field(default_factory=list)
-    fisher_every: int = 0  # 0 = no Fisher tracking
-    fisher_samples: int = 128
-    fisher_estimator: str = "empirical"
-    fisher_per_layer: bool = False
-    fisher_batch_size: int = 64
-    out: str = "runs/run"
-    progress: bool = True
-
-    # Fields a run directory written before they existed lacks, with the value that code used (not a guess):
-    # every other field of a recorded config.json or checkpoint config is required.
-    ADDED_LATER: ClassVar[dict[str, Any]] = {"width": 1.0, "tet_lambda": None, "encoding": "direct", "eval_every": 1}
-
-    def validate(self) -> "TrainConfig":
-        def bad(msg: str):
-            raise ConfigError(msg)
-
-        for name in ("data_root", "out"):  # a Path given in Python is recorded as its string
-            if isinstance(getattr(self, name), os.PathLike):
-                setattr(self, name, os.fspath(getattr(self, name)))
-        problem = field_problem(self.to_dict(), type(self))
-        if problem:
-            bad(f"TrainConfig {problem}")
-        if self.model not in models.available():
-            bad(f"unknown model {self.model!r}; available: {', '.join(models.available())}")
-        data.dataset_info(self.dataset)  # raises ConfigError for unknown names
-        if self.timesteps < 1:
-            bad(f"timesteps T must be >= 1, got {self.timesteps}")
-        check_tau(self.tau)
-        if self.encoding not in models.ENCODINGS:
-            bad(f"unknown encoding {self.encoding!r}; choose one of {', '.join(models.ENCODINGS)}")
-        if not (math.isfinite(self.width) and self.width > 0):
-            bad(f"--width must be a finite number > 0 (1 = the paper's width), got {self.width}")
-        if self.epochs < 1:
-            bad(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            bad("batch sizes must be >= 1")
-        if self.eval_every < 1:
-            bad(f"--eval-every must be >= 1 (test accuracy every K epochs), got {self.eval_every}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            bad(f"learning rate must be a finite number > 0, got {self.lr}")
-        for name in ("momentum", "weight_decay"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                bad(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
-        if self.optimizer not in OPTIMIZERS:
-            bad(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            bad(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        for name in ("subset", "test_subset"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                bad(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-        if self.alpha is not None and self.loss != "alpha":
-            bad(f"--alpha {self.alpha} applies only to --loss alpha (this run uses --loss {self.loss}); drop --alpha "
-                "or pass --loss alpha")
-        if self.tet_lambda is not None and self.loss != "tet":
-            bad(f"--tet-lambda {self.tet_lambda} applies only to --loss tet (this run uses --loss {self.loss}); drop "
-                "--tet-lambda or pass --loss tet")
-        for name in ("alpha", "tet_lambda"):
-            v = getattr(self, name)
-            if v is not None and not math.isfinite(v):
-                bad(f"--{name.replace('_', '-')} must be a finite number, got {v}")
-        make_loss(self.loss, self.alpha, self.tet_lambda)
-        if not 0 <= self.seed <= SEED_MAX:
-            bad(f"--seed must be a whole number from 0 to {SEED_MAX}, got {self.seed}")
-        for name in ("data_root", "out", "device"):
-            if getattr(self, name) == "":
-                bad(f"--{name.replace('_', '-')} is empty; pass a path or leave the option out")
-        beyond = [e for e in self.checkpoint_epochs if e < 0 or e > self.epochs]
-        if beyond:
-            bad(f"checkpoint epochs {beyond} are outside the run (0..{self.epochs}); pick epochs in that range")
-        if self.fisher_every < 0 or self.fisher_samples < 1 or self.fisher_batch_size < 1:
-            bad("--fisher-every must be >= 0, --fisher-samples >= 1 and the Fisher batch size >= 1")
-        if self.fisher_estimator not in ESTIMATORS:
-            bad(f"unknown Fisher estimator {self.fisher_estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-        return self
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        """Options given in Python: missing ones take their defaults, other keys are ignored (not validated)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    @classmethod
-    def from_record(cls, d: Any, where: str | os.PathLike) -> "TrainConfig":
-        """A config recorded in a run directory or checkpoint (`where`): every field present (apart from
-        `ADDED_LATER`) and of its type, no default filled in, then validated; CheckpointError naming `where`."""
-        d = check_fields(d, cls, where, cls.ADDED_LATER)
-        config = cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
-        try:
-            return config.validate()
-        except ConfigError as exc:
-            raise CheckpointError(f"{where} records a config that is not valid ({exc}); the file was edited or "
-                                  "damaged: restore it or start a new run") from None
-
-
-def read_run(path: str | os.PathLike | RunDir) -> tuple[RunDir, TrainConfig]:
-    """Open a run directory for reading: its config.json checked against `TrainConfig` (`from_record`) and
-    its metrics.jsonl records checked (`RunDir.read_metrics`); CheckpointError naming the file and field."""
-    run = path if isinstance(path, RunDir) else RunDir(path)
-    config = TrainConfig.from_record(run.read_config(TrainConfig), run.config_path)
-    run.read_metrics()
-    return run, config
-
-
-def select_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            return torch.device("cuda", local)
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return dev
-
-
-def build_model(config: TrainConfig) -> nn.Module:
-    info = data.dataset_info(config.dataset)
-    return models.create(config.model, num_classes=info.num_classes, timesteps=config.timesteps, tau=config.tau,
-                         in_channels=info.channels, image_size=info.image_size, mean=info.mean, std=info.std,
-                         fast_lif=config.fast_lif, width=config.width, encoding=config.encoding,
-                         encoding_seed=config.seed)
-
-
-def _class_path(model: nn.Module) -> str:
-    return f"{type(model).__module__}.{type(model).__qualname__}"
-
-
-# What a checkpoint is: every option that changes the model's parameters or its computation, in the order
-# differences are reported. (Channels, classes and image size come from the dataset, recorded as numbers.)
-_IDENTITY_NAMES = {
-    "model_class": "model class", "model": "model", "dataset": "dataset", "in_channels": "input channels",
-    "num_classes": "classes", "image_size": "image size", "width": "width", "timesteps": "timesteps T",
-    "tau": "tau", "encoding": "encoding", "encoding_seed": "Poisson encoding seed",
-}
-
-
-def model_identity(config: TrainConfig, timesteps: int | None = None, model_class: str | None = None) -> dict:
-    """The identity of the model a config builds (`timesteps`: the model's own, when it differs from the config's)."""
-    info = data.dataset_info(config.dataset)
-    ident = {"model": config.model, "dataset": config.dataset, "in_channels": info.channels,
-             "num_classes": info.num_classes, "image_size": info.image_size, "width": float(config.width),
-             "timesteps": int(timesteps or config.timesteps), "tau": float(config.tau), "encoding": config.encoding}
-    if config.encoding == "poisson":  # without a generator the spike pattern is drawn from the run's seed
-        ident["encoding_seed"] = int(config.seed)
-    if model_class:
-        ident["model_class"] = model_class
-    return {k: ident[k] for k in _IDENTITY_NAMES if k in ident}
-
-
-def checkpoint_identity(state: dict, where: str | os.PathLike) -> tuple[dict, TrainConfig]:
-    """(identity, config) of a loaded checkpoint; its recorded `identity` (checkpoints since 0.1 without one are
-    checked by their config alone) must be what its config builds."""
-    config = TrainConfig.from_record(state["config"], f"{where} (its config)")
-    timesteps = state.get("timesteps")
-    if timesteps is not None and (isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1):
-        raise CheckpointError(f"{where}: 'timesteps' is {timesteps!r}, not a whole number >= 1; the file was "
-                              "edited or damaged")
-    ident = model_identity(config, timesteps, state.get("model_class"))
-    stored = state.get("identity")
-    if stored is not None:
-        if not isinstance(stored, dict):
-            raise CheckpointError(f"{where}: 'identity' is not a mapping; the file was edited or damaged")
-        diff = _first_difference(stored, ident)
-        if diff:
-            raise CheckpointError(f"{where} is inconsistent: it records {diff[0]} {diff[1]!r}, but its config builds "
-                                  f"{diff[2]!r}; the file was edited, or written under other dataset definitions")
-    return ident, config
-
-
-def _first_difference(a: dict, b: dict) -> tuple[str, Any, Any] | None:
-    """(name, a's value, b's value) of the first identity field, in `_IDENTITY_NAMES` order, that differs."""
-    for key, name in _IDENTITY_NAMES.items():
-        if key in a and key in b and a[key] != b[key]:
-            return name, a[key], b[key]
-    return None
-
-
-def _run_identity(run: RunDir, config: TrainConfig) -> dict:
-    recorded = run.read_config()
-    model_class = recorded.get("model_class") if isinstance(recorded.get("model_class"), str) else None
-    return model_identity(config, None, model_class)
-
-
-def check_checkpoint(checkpoint: str | os.PathLike, state: dict, run: RunDir, config: TrainConfig) -> TrainConfig:
-    """Refuse a checkpoint whose identity differs from the run it lies in, naming the first difference;
-    returns the checkpoint's own config."""
-    ident, ckpt_config = checkpoint_identity(state, checkpoint)
-    diff = _first_difference(ident, _run_identity(run, config))
-    if diff:
-        raise CheckpointError(f"{checkpoint} is not a checkpoint of the run {run.path}: its {diff[0]} is {diff[1]!r}, "
-                              f"the run's is {diff[2]!r} ({ident['model']} / {ident['dataset']} checkpoint); move it "
-                              "out of that run directory (a copy elsewhere can be analysed on its own)")
-    return ckpt_config
-
-
-def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict]:
-    """Rebuild a model from a checkpoint (config inside it), weights loaded; returns (model, config, state).
-
-    A checkpoint inside a run directory (`<run>/checkpoints/x.pt`) must be what that run is
-    (`check_checkpoint`): model, dataset, width, T, tau and encoding.
-    """
-    state = load_checkpoint(checkpoint, map_location=device)
-    built = state.get("model_class") or ""
-    if built and not built.startswith("spiketide.models."):
-        raise CheckpointError(f"{checkpoint} holds a model built in Python ({built}), not one of spiketide's models, "
-                              "so it cannot be rebuilt from its config; rebuild it with that class and load "
-                              "spiketide.runs.load_checkpoint(path)['model'] into it")
-    run = run_of(checkpoint)
-    if run is not None:
-        run, run_config = read_run(run)
-        config = check_checkpoint(checkpoint, state, run, run_config)
-    else:
-        _, config = checkpoint_identity(state, checkpoint)
-    model = build_model(config)
-    sd = state["model"]
-    if any(k.endswith("_orig") for k in sd):  # a pruned model: re-create the masks before loading
-        apply_masks_from_state(model, sd)
-    try:
-        model.load_state_dict(sd)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{checkpoint}: weights do not fit model {config.model!r}: {str(exc)[:300]}") from None
-    timesteps = state.get("timesteps")
-    if timesteps:
-        model.timesteps = int(timesteps)
-    return model.to(device), config, state
+__all__ = ["TrainConfig", "Trainer", "train"]
 
 
 # --- data parallel ---------------------------------------------------------------------------
@@ -446,9 +172,9 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "timesteps": int(getattr(self.model, "timesteps", self.config.timesteps)),
-            "model_class": _class_path(self.model),
+            "model_class": class_path(self.model),
             "identity": model_identity(self.config, int(getattr(self.model, "timesteps", self.config.timesteps)),
-                                       _class_path(self.model)),
+                                       class_path(self.model)),
             "config": self.config.to_dict(),
             "rng": {"torch": torch.get_rng_state(), "data": self.generator.get_state(),
                     **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})},
@@ -482,14 +208,11 @@ class Trainer:
 
     # -- run --
     def _config_record(self) -> dict:
-        return {**self.config.to_dict(), "model_class": _class_path(self.model), **self.extra_config,
+        return {**self.config.to_dict(), "model_class": class_path(self.model), **self.extra_config,
                 "spiketide_version": __version__,
                 "git_commit": git_commit(), "torch_version": torch.__version__, "python": sys.version.split()[0],
                 "platform": platform.platform(), "device_resolved": str(self.device), "world_size": self.world,
                 "train_size": len(self.train_set), "test_size": len(self.test_set)}
-
-    # Options a resume may give otherwise than the run recorded: where the run is read from and how it is shown.
-    _RESUME_FREE = ("out", "progress", "device", "data_root")
 
     def _check_run_dir(self) -> dict | None:
         """Read-only checks of the run directory, done before anything is written (and again under the lock).
@@ -507,7 +230,7 @@ class Trainer:
         if not self.resume or not self.run.exists():
             return None  # (a resume of a run killed before its config was written starts afresh)
         _, recorded = read_run(self.run)
-        for name in (f.name for f in dataclasses.fields(TrainConfig) if f.name not in self._RESUME_FREE):
+        for name in RUN_SETTINGS:
             if getattr(recorded, name) != getattr(self.config, name):
                 raise ConfigError(f"--resume: {self.run.config_path} records {name} = {getattr(recorded, name)!r}, "
                                   f"but the run is resumed with {getattr(self.config, name)!r}; a run continues with "
@@ -521,7 +244,7 @@ class Trainer:
             return None  # (killed before its first checkpoint: nothing to keep, it starts afresh)
         state = load_checkpoint(last, map_location=self.device)
         theirs = check_checkpoint(last, state, self.run, recorded)
-        for name in (f.name for f in dataclasses.fields(TrainConfig) if f.name not in self._RESUME_FREE):
+        for name in RUN_SETTINGS:
             if getattr(theirs, name) != getattr(recorded, name):
                 raise CheckpointError(f"--resume: {last} was trained with {name} = {getattr(theirs, name)!r}, but "
                                       f"{self.run.config_path} records {getattr(recorded, name)!r}; it is not this "
@@ -539,9 +262,9 @@ class Trainer:
     def _start(self) -> None:
         """Open the run directory: continue it (resume) or start it; then the callbacks' setup, then epoch 0."""
         state = self._check_run_dir()
-        if state is not None and state.get("model_class") not in (None, _class_path(self.model)):
+        if state is not None and state.get("model_class") not in (None, class_path(self.model)):
             raise CheckpointError(f"{self.run.checkpoint_path()} holds a {state['model_class']}, but this run was "
-                                  f"given a {_class_path(self.model)}; resume it with the model it was trained with")
+                                  f"given a {class_path(self.model)}; resume it with the model it was trained with")
         if state is None and self.is_main:
             for stale in self.run.checkpoints.glob("*.pt") if self.run.checkpoints.is_dir() else ():
                 stale.unlink()
@@ -596,11 +319,9 @@ class Trainer:
     def _train_epoch(self, bar) -> dict:
         c = self.config
         self.model.train()
-        T = int(getattr(self.model, "timesteps", c.timesteps))
         alpha = getattr(self.loss_fn, "alpha", None)
         lr = self.optimizer.param_groups[0]["lr"]
-        totals = torch.zeros(3 + 2 * T, dtype=torch.float64)  # loss*n, correct, n, horizon losses*n, below-alpha steps
-        steps = 0
+        totals = _EpochTotals(int(getattr(self.model, "timesteps", c.timesteps)))
         start = time.perf_counter()
         bar.set_description(f"epoch {self.epoch}/{c.epochs}")
         for xb, yb in data.batches(self.train_set.images, self.train_set.labels, c.batch_size, shuffle=True,
@@ -617,43 +338,54 @@ class Trainer:
             loss = self.loss_fn(out, yb, mean)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
-                    f"the training loss became {loss.item()} at epoch {self.epoch}, step {steps + 1}. "
+                    f"the training loss became {loss.item()} at epoch {self.epoch}, step {totals.steps + 1}. "
                     f"The last good checkpoint is {self.run.checkpoint_path()} (epoch {self.epoch - 1}). "
                     "Lower --lr (the paper uses 0.3 with BN), or try --optimizer adam."
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            with torch.no_grad():
-                n = len(yb)
-                hl = horizon_losses(out.detach(), yb).double().cpu()
-                totals[0] += loss.item() * n
-                totals[1] += (out.float().mean(0).argmax(1) == yb).sum().item()
-                totals[2] += n
-                totals[3:3 + T] += hl * n
-                if alpha is not None:
-                    totals[3 + T:] += (hl < alpha).double()
-            steps += 1
+            totals.add(loss, out.detach(), yb, alpha)
             bar.update(1)
         if self.world > 1:
-            totals = totals.to(self.device)
-            torch.distributed.all_reduce(totals)
-            totals = totals.cpu()
-        seconds = time.perf_counter() - start
-        n = totals[2].item()
-        record: dict[str, Any] = {
-            "epoch": self.epoch,
-            "train_loss": totals[0].item() / n,
-            "train_acc": totals[1].item() / n,
-            "test_acc": None,
-            "lr": lr,
-            "seconds": seconds,
-            "images_per_second": n / seconds,
-            "horizon_loss": (totals[3:3 + T] / n).tolist(),
-        }
+            totals.all_reduce(self.device)
+        return {"epoch": self.epoch, **totals.record(time.perf_counter() - start, lr, alpha, self.world)}
+
+
+class _EpochTotals:
+    """Sums over an epoch's steps (float64): loss x n, correct predictions, n, each horizon's loss (Eq. 4) x n and
+    the steps where it was below alpha (Eq. 9-10)."""
+
+    def __init__(self, timesteps: int):
+        self.sums = {k: torch.zeros(size, dtype=torch.float64)
+                     for k, size in (("loss", 1), ("correct", 1), ("n", 1), ("horizon", timesteps), ("below", timesteps))}
+        self.steps = 0
+
+    @torch.no_grad()
+    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor, alpha: float | None) -> None:
+        n, hl = len(y), horizon_losses(out, y).double().cpu()
+        self.sums["loss"] += loss.item() * n
+        self.sums["correct"] += (out.float().mean(0).argmax(1) == y).sum().item()
+        self.sums["n"] += n
+        self.sums["horizon"] += hl * n
+        if alpha is not None:
+            self.sums["below"] += (hl < alpha).double()
+        self.steps += 1
+
+    def all_reduce(self, device: torch.device) -> None:
+        """Sum over DDP ranks, in one collective."""
+        flat = torch.cat(list(self.sums.values())).to(device)
+        torch.distributed.all_reduce(flat)
+        self.sums = dict(zip(self.sums, flat.cpu().split([len(v) for v in self.sums.values()])))
+
+    def record(self, seconds: float, lr: float, alpha: float | None, world: int) -> dict[str, Any]:
+        n = self.sums["n"].item()
+        record = {"train_loss": self.sums["loss"].item() / n, "train_acc": self.sums["correct"].item() / n,
+                  "test_acc": None, "lr": lr, "seconds": seconds, "images_per_second": n / seconds,
+                  "horizon_loss": (self.sums["horizon"] / n).tolist()}
         if alpha is not None:
             record["alpha"] = alpha
-            record["below_alpha_fraction"] = (totals[3 + T:] / (steps * self.world)).tolist()
+            record["below_alpha_fraction"] = (self.sums["below"] / (self.steps * world)).tolist()
         return record
 
 

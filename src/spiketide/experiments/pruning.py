@@ -23,23 +23,17 @@ from typing import Any
 from torch import nn
 
 from spiketide import data, evaluation, plots, pruning
+from spiketide.checks import is_whole, whole
 from spiketide.errors import CheckpointError, ConfigError
 from spiketide.fisher import cumulative_share, temporal_fisher
 from spiketide.runs import RunDir, atomic_write_json, atomic_write_text, load_checkpoint
-from spiketide.train import Trainer, TrainConfig, load_model, select_device
+from spiketide.checkpoints import load_model, select_device
+from spiketide.config import TrainConfig
+from spiketide.train import Trainer
 
 __all__ = ["iterative_prune"]
 
 _T_DIR = re.compile(r"^T\d+$")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _whole(name: str, v: Any, minimum: int) -> None:
-    if not _is_int(v) or v < minimum:
-        raise ConfigError(f"{name} must be a whole number >= {minimum}, got {v!r}")
 
 
 def _t_retrain_list(t_retrain: Any, T: int) -> list[int]:
@@ -47,13 +41,13 @@ def _t_retrain_list(t_retrain: Any, T: int) -> list[int]:
     if t_retrain is None:
         return list(range(2, T + 1)) or [T]
     try:
-        values = [t_retrain] if _is_int(t_retrain) else list(t_retrain)
+        values = [t_retrain] if is_whole(t_retrain) else list(t_retrain)
     except TypeError:
         raise ConfigError(f"t_retrain must be 'auto', a whole number or a list of them, got {t_retrain!r}") from None
     if not values:
         raise ConfigError("t_retrain is empty; give at least one timestep count, e.g. 2,3,4,5, or 'auto'")
     for v in values:
-        if not _is_int(v):
+        if not is_whole(v):
             raise ConfigError(f"t_retrain values must be whole numbers, got {v!r}")
         if not 1 <= v <= T:
             raise ConfigError(f"T_retrain={v} is outside 1..T={T}: the run was trained with T={T} timesteps and "
@@ -99,6 +93,96 @@ def _auto_t_retrain(model: nn.Module, train_set: data.ImageSet, config: TrainCon
             "chosen": chosen, "explanation": why, "fisher_samples": n, "estimator": config.fisher_estimator}
 
 
+def _check_options(rounds, q, fisher_samples, retrain_epochs, rewind_epoch, lr) -> None:
+    """The options of `iterative_prune`, checked before anything is read or deleted."""
+    whole("rounds", rounds, 1)
+    if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 < q <= 1:
+        raise ConfigError(f"q must be a fraction in (0, 1], got {q!r}")
+    whole("fisher_samples", fisher_samples, 1)
+    if retrain_epochs is not None:
+        whole("retrain_epochs", retrain_epochs, 1)
+    if rewind_epoch is not None:
+        whole("rewind_epoch", rewind_epoch, 0)
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf):
+        raise ConfigError(f"lr must be a positive number, got {lr!r}")
+
+
+def _source(run_dir: str | os.PathLike, rewind_epoch: int | None) -> tuple[RunDir, Path, Path | None]:
+    """(run, its last checkpoint, the checkpoint to rewind to) of a finished run directory."""
+    run = RunDir(run_dir)
+    run.read_config()  # CheckpointError when this is not a run directory
+    last = run.checkpoint_path()
+    if not last.is_file():
+        raise CheckpointError(f"{run.path} has no checkpoints/last.pt; train it first (`spiketide train --out "
+                              f"{run.path}`) or pass a finished run directory")
+    if rewind_epoch is None:
+        return run, last, None
+    rewind_path = run.checkpoint_path(rewind_epoch)
+    if not rewind_path.is_file():
+        raise CheckpointError(
+            f"cannot rewind to epoch {rewind_epoch}: {rewind_path} does not exist. This run saved epochs "
+            f"{run.saved_epochs() or 'none'}; pick one of those, or train with --checkpoint-epochs including "
+            f"{rewind_epoch}")
+    return run, last, rewind_path
+
+
+def _earlier_results(out_dir: Path, overwrite: bool) -> list[Path]:
+    """The T*/ folders of earlier results in `out_dir` (to delete with `overwrite`); refused without it."""
+    old = [p for p in out_dir.iterdir() if p.is_dir() and _T_DIR.match(p.name)] if out_dir.is_dir() else []
+    if (old or (out_dir / "pruning.json").exists()) and not overwrite:
+        raise ConfigError(f"{out_dir} already holds pruning results; pass overwrite=True (--overwrite) to replace "
+                          "them, or a different out (--out)")
+    return old
+
+
+def _curve(last: Path, t: int, acc0: float, acc_T: float, rounds: int, rate: float, early_state, retrain: TrainConfig,
+           sets, out_dir: Path, info: dict) -> dict:
+    """Accuracy vs sparsity of one T_retrain: the trained model loaded fresh, then `rounds` of pruning `rate` of
+    the remaining weights and retraining with T_retrain = t timesteps (outputs in `<out_dir>/T{t}/round{r}`)."""
+    progress, T = retrain.progress, info["T"]
+    model, _, _ = load_model(last, device=retrain.device)
+    curve = {"sparsity": [pruning.sparsity(model)], "test_acc": [acc0], "test_acc_at_T": [acc_T],
+             "acc_before_retrain": [None], "retrain_seconds": [0.0], "checkpoint": [str(last)]}
+    for r in range(1, rounds + 1):
+        s = pruning.prune_round(model, rate)
+        if early_state is not None:
+            pruning.rewind_weights(model, early_state)
+        model.timesteps = t
+        cfg = dataclasses.replace(retrain, timesteps=t, out=str(out_dir / f"T{t}" / f"round{r}"))
+        round_run = RunDir(cfg.out)
+        history = Trainer(cfg, model=model, train_set=sets[0], test_set=sets[1], run_dir=round_run,
+                          extra_config={"pruning": {"source_run": info["source_run"], "T": T, "T_retrain": t,
+                                                    "round": r, "rounds": rounds, "rate": rate, "sparsity": s,
+                                                    "rewind_epoch": info["rewind_epoch"]}}).fit()
+        acc = history[-1]["test_acc"]
+        curve["sparsity"].append(pruning.sparsity(model))
+        curve["test_acc"].append(acc)
+        curve["test_acc_at_T"].append(acc if t == T else _accuracy_at(model, sets[1], T, retrain))
+        curve["acc_before_retrain"].append(history[0]["test_acc"])
+        curve["retrain_seconds"].append(sum(h.get("seconds") or 0.0 for h in history))
+        curve["checkpoint"].append(str(round_run.checkpoint_path()))
+        _say(progress, f"T_retrain={t} round {r}/{rounds}: sparsity {100 * curve['sparsity'][-1]:.2f}%, "
+             f"test acc {100 * acc:.2f}% (after pruning, before retraining: {100 * history[0]['test_acc']:.2f}%)")
+    return curve
+
+
+def _settings(run: RunDir, last: Path, config: TrainConfig, t_retrain, rounds: int, rate: float, n_retrain: int,
+              retrain_lr: float, lr_given: bool, rewind_epoch: int | None, q: float, fisher_samples: int, dev) -> dict:
+    """What a pruning result was computed with, recorded beside it."""
+    return {
+        "run": str(run.path), "checkpoint": str(last), "model": config.model, "dataset": config.dataset,
+        "subset": config.subset, "test_subset": config.test_subset, "original_epochs": int(config.epochs),
+        "t_retrain": t_retrain, "rounds": rounds, "rate": rate,
+        "expected_sparsity": 1 - (1 - rate) ** rounds, "retrain_epochs": n_retrain,
+        "lr": retrain_lr, "lr_rule": "given" if lr_given else "run lr x 0.1",
+        "optimizer": config.optimizer, "schedule": config.schedule, "loss": config.loss,
+        "batch_size": config.batch_size, "seed": config.seed, "rewind_epoch": rewind_epoch,
+        "q": float(q), "fisher_samples": fisher_samples, "device": str(dev),
+        "prunable": "every Conv1d/Conv2d/Linear weight, global L1 magnitude",
+        "accuracy": "test_acc is measured at T_retrain timesteps; test_acc_at_T at the trained T",
+    }
+
+
 def iterative_prune(
     run_dir: str | os.PathLike,
     *,
@@ -132,43 +216,15 @@ def iterative_prune(
     (`<run>/figures/fig7_pruning.{png,pdf}`, or in `out` when given). Existing results in `out` are an
     error unless overwrite=True (which deletes `<out>/T*/`).
     """
-    # -- options, checked before anything is read or deleted --
-    _whole("rounds", rounds, 1)
+    _check_options(rounds, q, fisher_samples, retrain_epochs, rewind_epoch, lr)
     rate = pruning.check_rate(rate)
-    if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 < q <= 1:
-        raise ConfigError(f"q must be a fraction in (0, 1], got {q!r}")
-    _whole("fisher_samples", fisher_samples, 1)
-    if retrain_epochs is not None:
-        _whole("retrain_epochs", retrain_epochs, 1)
-    if rewind_epoch is not None:
-        _whole("rewind_epoch", rewind_epoch, 0)
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf):
-        raise ConfigError(f"lr must be a positive number, got {lr!r}")
     auto = isinstance(t_retrain, str)
     if auto and t_retrain != "auto":
         raise ConfigError(f"t_retrain must be 'auto' or timestep counts like 2,3,4,5, got {t_retrain!r}")
-
-    # -- the run and the results folder --
-    run = RunDir(run_dir)
-    run.read_config()  # CheckpointError when this is not a run directory
-    last = run.checkpoint_path()
-    if not last.is_file():
-        raise CheckpointError(f"{run.path} has no checkpoints/last.pt; train it first (`spiketide train --out "
-                              f"{run.path}`) or pass a finished run directory")
-    rewind_path = None
-    if rewind_epoch is not None:
-        rewind_path = run.checkpoint_path(rewind_epoch)
-        if not rewind_path.is_file():
-            raise CheckpointError(
-                f"cannot rewind to epoch {rewind_epoch}: {rewind_path} does not exist. This run saved epochs "
-                f"{run.saved_epochs() or 'none'}; pick one of those, or train with --checkpoint-epochs including "
-                f"{rewind_epoch}")
+    run, last, rewind_path = _source(run_dir, rewind_epoch)
     out_dir = Path(out) if out is not None else run.path / "pruning"
     fig_base = (run.figures if out is None else out_dir) / "fig7_pruning"
-    old = [p for p in out_dir.iterdir() if p.is_dir() and _T_DIR.match(p.name)] if out_dir.is_dir() else []
-    if (old or (out_dir / "pruning.json").exists()) and not overwrite:
-        raise ConfigError(f"{out_dir} already holds pruning results; pass overwrite=True (--overwrite) to replace "
-                          "them, or a different out (--out)")
+    old = _earlier_results(out_dir, overwrite)
 
     model, config, _ = load_model(last)
     dev = select_device(device or config.device)
@@ -185,49 +241,24 @@ def iterative_prune(
         (out_dir / "pruning.json").unlink(missing_ok=True)
 
     _say(progress, f"loading {config.dataset} (subset {config.subset}, test subset {config.test_subset}) on {dev}")
-    train_set = data.load(config.dataset, "train", root=config.data_root, subset=config.subset, seed=config.seed,
-                          device=dev)
-    test_set = data.load(config.dataset, "test", root=config.data_root, subset=config.test_subset,
-                         seed=config.seed, device=dev)
-    auto_info = _auto_t_retrain(model, train_set, config, q, fisher_samples, progress) if auto else None
+    sets = tuple(data.load(config.dataset, split, root=config.data_root, subset=n, seed=config.seed, device=dev)
+                 for split, n in (("train", config.subset), ("test", config.test_subset)))
+    auto_info = _auto_t_retrain(model, sets[0], config, q, fisher_samples, progress) if auto else None
     if auto:
         t_list = [auto_info["chosen"]]
 
     # -- round 0: the trained model --
-    acc_T = _accuracy_at(model, test_set, T, config)
-    acc0 = {t: acc_T if t == T else _accuracy_at(model, test_set, t, config) for t in t_list}
+    acc_T = _accuracy_at(model, sets[1], T, config)
+    acc0 = {t: acc_T if t == T else _accuracy_at(model, sets[1], t, config) for t in t_list}
     _say(progress, f"trained model: test acc {100 * acc_T:.2f}% at T={T}; "
          + ", ".join(f"{100 * a:.2f}% at T={t}" for t, a in acc0.items()))
 
     early_state = load_checkpoint(rewind_path, map_location=dev)["model"] if rewind_path is not None else None
-    curves: dict[str, dict] = {}
-    for t in t_list:
-        model, _, _ = load_model(last, device=dev)  # fresh trained model for every T_retrain
-        curve = {"sparsity": [pruning.sparsity(model)], "test_acc": [acc0[t]], "test_acc_at_T": [acc_T],
-                 "acc_before_retrain": [None], "retrain_seconds": [0.0], "checkpoint": [str(last)]}
-        for r in range(1, rounds + 1):
-            s = pruning.prune_round(model, rate)
-            if early_state is not None:
-                pruning.rewind_weights(model, early_state)
-            model.timesteps = t
-            cfg = dataclasses.replace(config, timesteps=t, epochs=n_retrain, lr=retrain_lr, fisher_every=0,
-                                      checkpoint_epochs=[], out=str(out_dir / f"T{t}" / f"round{r}"),
-                                      device=str(dev), progress=progress)
-            round_run = RunDir(cfg.out)
-            history = Trainer(cfg, model=model, train_set=train_set, test_set=test_set, run_dir=round_run,
-                              extra_config={"pruning": {"source_run": str(run.path), "T": T, "T_retrain": t,
-                                                        "round": r, "rounds": rounds, "rate": rate, "sparsity": s,
-                                                        "rewind_epoch": rewind_epoch}}).fit()
-            acc = history[-1]["test_acc"]
-            curve["sparsity"].append(pruning.sparsity(model))
-            curve["test_acc"].append(acc)
-            curve["test_acc_at_T"].append(acc if t == T else _accuracy_at(model, test_set, T, config))
-            curve["acc_before_retrain"].append(history[0]["test_acc"])
-            curve["retrain_seconds"].append(sum(h.get("seconds") or 0.0 for h in history))
-            curve["checkpoint"].append(str(round_run.checkpoint_path()))
-            _say(progress, f"T_retrain={t} round {r}/{rounds}: sparsity {100 * curve['sparsity'][-1]:.2f}%, "
-                 f"test acc {100 * acc:.2f}% (after pruning, before retraining: {100 * history[0]['test_acc']:.2f}%)")
-        curves[str(t)] = curve
+    retrain = dataclasses.replace(config, epochs=n_retrain, lr=retrain_lr, fisher_every=0, checkpoint_epochs=[],
+                                  device=str(dev), progress=progress)
+    info = {"source_run": str(run.path), "T": T, "rewind_epoch": rewind_epoch}
+    curves = {str(t): _curve(last, t, acc0[t], acc_T, rounds, rate, early_state, retrain, sets, out_dir, info)
+              for t in t_list}
 
     result = {
         "T": T,
@@ -238,18 +269,8 @@ def iterative_prune(
         "compute_saving": {str(t): pruning.compute_saving(N, n_retrain, rounds, T, t) for t in t_list},
         "auto": auto_info,
         "round0": {"test_acc_at_T": acc_T, "test_acc": {str(t): a for t, a in acc0.items()}},
-        "settings": {
-            "run": str(run.path), "checkpoint": str(last), "model": config.model, "dataset": config.dataset,
-            "subset": config.subset, "test_subset": config.test_subset, "original_epochs": N,
-            "t_retrain": "auto" if auto else t_list, "rounds": rounds, "rate": rate,
-            "expected_sparsity": 1 - (1 - rate) ** rounds, "retrain_epochs": n_retrain,
-            "lr": retrain_lr, "lr_rule": "given" if lr is not None else "run lr x 0.1",
-            "optimizer": config.optimizer, "schedule": config.schedule, "loss": config.loss,
-            "batch_size": config.batch_size, "seed": config.seed, "rewind_epoch": rewind_epoch,
-            "q": float(q), "fisher_samples": fisher_samples, "device": str(dev),
-            "prunable": "every Conv1d/Conv2d/Linear weight, global L1 magnitude",
-            "accuracy": "test_acc is measured at T_retrain timesteps; test_acc_at_T at the trained T",
-        },
+        "settings": _settings(run, last, config, "auto" if auto else t_list, rounds, rate, n_retrain, retrain_lr,
+                              lr is not None, rewind_epoch, q, fisher_samples, dev),
     }
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun only rank 0 writes
         out_dir.mkdir(parents=True, exist_ok=True)

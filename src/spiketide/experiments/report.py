@@ -19,8 +19,9 @@ from spiketide.experiments.figures import FIGURES
 from spiketide.experiments.suite import EXPERIMENTS, SCALES
 from spiketide.experiments.trials import RunResult
 from spiketide.experiments.verdicts import (LEVEL, OUTCOMES, POWER, Verdict, format_mean_ci, format_power,
-                                            format_verdict, holm, markdown_table, verdicts_table)
+                                            format_verdict, holm, verdicts_table)
 from spiketide.runs import RunDir, atomic_write_text
+from spiketide.tables import markdown_table
 
 __all__ = ["write_reports", "failure_path", "read_spec"]
 

@@ -42,7 +42,9 @@ from spiketide.experiments.suite import EXPERIMENTS, SCALES, resolve_names, tria
 from spiketide.experiments.trials import ANALYSES, RunResult, Trial, logged_to, run_trial, trial_id
 from spiketide.fisher import temporal_fisher
 from spiketide.runs import RunDir, atomic_write_json
-from spiketide.train import TrainConfig, Trainer, select_device
+from spiketide.checkpoints import select_device
+from spiketide.config import TrainConfig
+from spiketide.train import Trainer
 
 __all__ = ["plan", "schedule", "reproduce", "write_reports", "list_experiments", "check_request", "dry_run",
            "INCOMPLETE"]
@@ -630,7 +632,7 @@ def _check_trial(trial: Trial, images: int, device: str) -> dict[str, Any]:
         for name, p in trial.analyses.items():
             small = {"robustness": {"samples": 1}, "deficits": {"samples": 1, "epochs": [0, 1]},
                      "prune": {"rounds": 1, "retrain_epochs": 1}}[name]  # pruning retrains on the training images
-            _, row["analyses"][name] = _timed(lambda: ANALYSES[name][1](run, config, {**p, **small}), dev)
+            _, row["analyses"][name] = _timed(lambda: ANALYSES[name](run, config, {**p, **small}), dev)
     return row
 
 

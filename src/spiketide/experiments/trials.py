@@ -21,24 +21,24 @@ from typing import Any
 
 import torch
 
-from spiketide import callbacks, data, robustness
+from spiketide import callbacks, robustness
 from spiketide.errors import CheckpointError, ConfigError
-from spiketide.experiments.deficits import deficits_over_checkpoints
+from spiketide.experiments import analyses
 from spiketide.experiments.pruning import iterative_prune
-from spiketide.runs import RunDir, atomic_write_json
-from spiketide.train import TrainConfig, Trainer, load_model, select_device
+from spiketide.runs import RunDir
+from spiketide.checkpoints import select_device
+from spiketide.config import RUN_INVARIANT, TrainConfig
+from spiketide.train import Trainer
 
 __all__ = ["Trial", "RunResult", "run_trial", "trial_id", "resolve_config", "logged_to", "ANALYSES"]
 
-# Options that do not change what a run computes: not part of its identity.
-_NOT_IDENTITY = {"out", "progress", "device", "data_root", "amp", "fast_lif", "eval_batch_size"}
 
 
 def trial_id(config: dict) -> str:
     """`<model>-<dataset>-<hash>` of the options that change what the run computes and differ from their
     defaults, so that adding an option (whose default keeps the old behaviour) leaves every id unchanged."""
     defaults = TrainConfig().to_dict()
-    ident = {k: v for k, v in sorted(config.items()) if k not in _NOT_IDENTITY and v != defaults.get(k, object())}
+    ident = {k: v for k, v in sorted(config.items()) if k not in RUN_INVARIANT and v != defaults.get(k, object())}
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
     return f"{config['model']}-{config['dataset']}-{digest}"
 
@@ -70,18 +70,13 @@ class Trial:
 
 
 def _robustness(run: RunDir, config: TrainConfig, p: dict) -> dict:
-    device = select_device("auto")
-    model, _, _ = load_model(run.checkpoint_path(), device)
-    test = data.load(config.dataset, "test", root=config.data_root, subset=p["samples"], seed=config.seed,
-                     device=device)
-    return robustness.evaluate(model, test.images, test.labels, batch_size=p.get("batch_size", 128),
-                               pgd_iters=p.get("pgd_iters", 10), seed=config.seed, progress=False)
+    return analyses.robustness_suite(run.checkpoint_path(), samples=p["samples"], batch_size=p.get("batch_size", 128),
+                                     pgd_iters=p.get("pgd_iters", 10), seed=config.seed, device=select_device("auto"))
 
 
 def _deficits(run: RunDir, config: TrainConfig, p: dict) -> dict:
-    ckpts = [run.checkpoint_path(e) for e in p["epochs"]]
-    return deficits_over_checkpoints(ckpts, window=p.get("window", 3), samples=p["samples"], seed=config.seed,
-                                     data_root=config.data_root, device=select_device("auto"), progress=False)
+    return analyses.deficits([run.checkpoint_path(e) for e in p["epochs"]], window=p.get("window", 3),
+                             samples=p["samples"], seed=config.seed, device=select_device("auto"))
 
 
 def _prune(run: RunDir, config: TrainConfig, p: dict) -> dict:
@@ -90,12 +85,9 @@ def _prune(run: RunDir, config: TrainConfig, p: dict) -> dict:
                            t_retrain=tuple(p["t_retrain"]), device="auto", progress=False, overwrite=True)
 
 
-# name -> (result file inside the run directory, function writing nothing itself and returning the result)
-ANALYSES: dict[str, tuple[str, Callable[[RunDir, TrainConfig, dict], dict]]] = {
-    "robustness": ("robustness.json", _robustness),
-    "deficits": ("deficits.json", _deficits),
-    "prune": ("pruning/pruning.json", _prune),
-}
+# The analyses a trial may ask for: name -> function writing nothing itself and returning the result.
+ANALYSES: dict[str, Callable[[RunDir, TrainConfig, dict], dict]] = {
+    "robustness": _robustness, "deficits": _deficits, "prune": _prune}
 
 
 @contextlib.contextmanager
@@ -132,9 +124,10 @@ def run_trial(trial: Trial, root: str | os.PathLike, threads: int | None = None)
             Trainer(config, callbacks=callbacks.from_config(config), run_dir=run, resume=resume).fit()
         with run.lock("spiketide reproduce"):
             for name, params in trial.analyses.items():
-                file, fn = ANALYSES[name]
-                if not (path / file).is_file():
-                    atomic_write_json(path / file, {**fn(run, config, params), "analysis_params": params})
+                if not (path / analyses.RESULT_FILES[name]).is_file():
+                    result = {**ANALYSES[name](run, config, params), "analysis_params": params}
+                    md = robustness.to_markdown(result, name=config.model) if name == "robustness" else None
+                    analyses.write(name, result, path, markdown=md)
     result = RunResult(path)
     return {"id": trial.id, "epochs": len(result.metrics) - 1, "test_acc": result.final("test_acc"),
             "train_loss": result.final("train_loss"), "seconds": sum(r.get("seconds") or 0 for r in result.metrics)}
@@ -176,7 +169,7 @@ class RunResult:
     def analysis(self, name: str) -> dict | None:
         if self._analyses is not None:
             return self._analyses.get(name)
-        p = self.run.path / ANALYSES[name][0]
+        p = self.run.path / analyses.RESULT_FILES[name]
         try:
             return json.loads(p.read_text()) if p.is_file() else None
         except (OSError, json.JSONDecodeError):

@@ -19,6 +19,7 @@ import numpy as np
 from scipy import special
 
 from spiketide.errors import ConfigError
+from spiketide.tables import markdown_table
 
 DIRECTIONS = (">0", "<0", "~0")
 OUTCOMES = ("holds", "contradicted", "inconclusive", "untestable", "missing")
@@ -275,17 +276,6 @@ def format_power(v: Verdict) -> str:
         parts.append("no seed count decides it (mean on the boundary or zero spread)" if need is None else
                      f"needs > {MAX_SEEDS} seeds" if need > MAX_SEEDS else f"needs ~{need} seeds")
     return "; ".join(parts)
-
-
-def _cell(s) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")  # keep one Markdown row per claim
-
-
-def markdown_table(head: Sequence[str], rows: Sequence[Sequence]) -> str:
-    """A Markdown table; cells are escaped so that each row stays one row."""
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 ExtraColumn = Callable[[Verdict], str] | Mapping[str, str]

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spiketide.config import ESTIMATORS
 from spiketide.errors import ConfigError
 
 __all__ = ["ESTIMATORS", "FisherProfile", "information_centroid", "cumulative_share", "horizon_for_share",
            "summarize"]
 
-ESTIMATORS = ("empirical", "true", "batch")
 
 
 def information_centroid(trace: Tensor | Sequence[float]) -> float:

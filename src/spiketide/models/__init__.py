@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import math
-import numbers
-from collections.abc import Callable
-
-from torch import nn
-
+from spiketide.checks import number, whole
 from spiketide.errors import ConfigError
-from spiketide.models.base import ENCODINGS, SpikingModel, fold
+from spiketide.models import alexnet, convnet, resnet, vgg  # noqa: F401  (each registers its models on import)
+from spiketide.models.base import _REGISTRY, ENCODINGS, SpikingModel, fold, register
 from spiketide.neuron import LIF
 
 __all__ = ["create", "register", "available", "block_names", "SpikingModel", "fold", "ENCODINGS"]
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register(name: str):
-    """Decorator: add a model constructor to the registry under `name`."""
-
-    def deco(fn):
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
-
 
 def available() -> list[str]:
     return sorted(_REGISTRY)
@@ -53,12 +36,8 @@ def create(name: str, *, num_classes: int, timesteps: int, tau: float = 2.0, in_
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(available())}")
     for arg, value, lo in (("timesteps T", timesteps, 1), ("num_classes", num_classes, 2),
                            ("in_channels", in_channels, 1), ("image_size", image_size, 1)):
-        # bool is an Integral too, and a float would be truncated silently
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
-            raise ConfigError(f"{arg} must be a whole number >= {lo}, got {value!r}")
-    # bool is a numbers.Real too, but width=True is surely a mistake
-    if isinstance(width, bool) or not isinstance(width, numbers.Real) or not math.isfinite(width) or width <= 0:
-        raise ConfigError(f"width must be a finite number > 0 (1.0 = full width), got {width!r}")
+        whole(arg, value, lo)
+    number("width", width, 0, lo_open=True, hint=" (1.0 = full width)")
     if encoding not in ENCODINGS:
         raise ConfigError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
     model = _REGISTRY[name](num_classes=num_classes, timesteps=timesteps, tau=tau, in_channels=in_channels,
@@ -69,7 +48,3 @@ def create(name: str, *, num_classes: int, timesteps: int, tau: float = 2.0, in_
             if isinstance(m, LIF):
                 m.fast = bool(fast_lif)
     return model
-
-
-# Each architecture module registers itself on import, so this comes after `register` exists.
-from spiketide.models import alexnet, convnet, resnet, vgg  # noqa: E402, F401

@@ -7,11 +7,24 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from spiketide.config import ENCODINGS
 from spiketide.errors import ConfigError
 
-__all__ = ["fold", "scale_width", "poisson_spikes", "SpikingModel", "ENCODINGS"]
+__all__ = ["fold", "scale_width", "poisson_spikes", "SpikingModel", "ENCODINGS", "register"]
 
-ENCODINGS = ("direct", "poisson")
+# name -> constructor of every built-in model; `models.create` builds from it.
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    """Decorator: add a model constructor to the registry under `name`."""
+
+    def deco(fn):
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
 
 
 def poisson_spikes(p: torch.Tensor, generator: torch.Generator, shared: bool = False) -> torch.Tensor:

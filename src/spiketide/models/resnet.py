@@ -23,8 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from spiketide.models import register
-from spiketide.models.base import SpikingModel, fold, scale_width
+from spiketide.models.base import SpikingModel, fold, register, scale_width
 from spiketide.neuron import LIF
 
 __all__ = ["BasicBlock", "SpikingResNet", "ResNet19", "ResNet34"]

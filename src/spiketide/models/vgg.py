@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spiketide.models import register
-from spiketide.models.base import SpikingModel, fold, scale_width
+from spiketide.models.base import SpikingModel, fold, register, scale_width
 from spiketide.neuron import LIF
 
 __all__ = ["VGG16", "VGG16_CFG"]
