@@ -310,7 +310,7 @@ def _load_with_data(ckpt: Path, args, split: str, samples: int | None, device):
     """A checkpoint's model and config, plus the class-balanced evaluation images its dataset gives."""
     from spiketide.train import load_model
 
-    model, config, state = load_model(ckpt, device)
+    model, config, state = load_model(ckpt, device, args.model_factory)
     ds = _eval_data(config, split, samples, args.seed, args.data_root, device)
     return model, config, state, ds
 
@@ -404,7 +404,8 @@ def cmd_deficits(args, ckpts: list[Path], out_dir: Path) -> int:
 
     result = deficits_over_checkpoints(ckpts, window=args.window, noise_ratio=args.noise_ratio, samples=args.samples,
                                        batch_size=args.batch_size, seed=args.seed, data_root=args.data_root,
-                                       device=select_device(args.device), progress=args.progress, on_result=report)
+                                       device=select_device(args.device), progress=args.progress, on_result=report,
+                                       model_factory=args.model_factory)
     out = Path(args.out) if args.out else out_dir / "deficits.json"
     return _write_results(out, result, out_dir, {"fig2_deficits": plots.plot_deficits(result)})
 
@@ -516,6 +517,10 @@ def _add_eval_options(p: argparse.ArgumentParser, samples_default: int | None, s
     p.add_argument("--data-root", type=_path, default=None, help="dataset folder (default: as at training time)")
     p.add_argument("--out", type=_path, default=None, help="JSON file to write (default: next to the run)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--model-factory", metavar="MODULE:FUNCTION", default=None,
+                   help="for a run whose model was built in Python (an own training loop): import this function (or "
+                   "path/to/file.py:function) and call it with no arguments to build the model; user code runs only "
+                   "when named here, never from what the run directory records")
 
 
 def _add_energy_options(p: argparse.ArgumentParser) -> None:

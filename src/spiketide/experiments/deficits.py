@@ -27,19 +27,20 @@ def deficits_over_checkpoints(
     device: torch.device | str = "cpu",
     progress: bool = True,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    model_factory: str | None = None,
 ) -> dict[str, Any]:
     """`robustness.time_window_deficits` (Fig. 2) for every checkpoint, in order.
 
     Each checkpoint is evaluated on the same seeded class-balanced subset of `samples` test images
     of its dataset (`data_root` overrides the folder stored in the checkpoint). `on_result(entry)`
-    is called after each checkpoint, so a caller can report progress. Returns `window`,
+    is called after each checkpoint, so a caller can report progress. `model_factory`: as `train.load_model`. Returns `window`,
     `noise_ratio` and `checkpoints`: one deficits result per checkpoint, with `checkpoint` and `epoch` added.
     """
     if not checkpoints:
         raise ConfigError("no checkpoints to evaluate")
     entries = []
     for ckpt in checkpoints:
-        model, config, state = load_model(ckpt, device)
+        model, config, state = load_model(ckpt, device, model_factory)
         test = data.load(config.dataset, "test", root=data_root or config.data_root, subset=samples, seed=seed,
                          device=device)
         entry = robustness.time_window_deficits(model, test.images, test.labels, window=window,
