@@ -13,12 +13,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "spiketide"
 # Lowest first. A module may import only modules of its own or a lower layer.
 LAYERS = [
     {"errors"},
-    {"neuron", "evaluation", "progress", "adapters"},
+    {"neuron", "evaluation", "progress", "adapters", "factory"},
     {"models", "data", "losses", "runs"},
     {"fisher", "robustness", "pruning", "early_exit", "plots", "stats", "nir"},
     {"callbacks"},
     {"train"},
-    {"experiments", "demo"},
+    {"experiments", "demo", "tracking"},
     {"cli"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
