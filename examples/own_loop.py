@@ -103,7 +103,7 @@ def main() -> None:
     batch = 25
     settings = {"optimizer": "adam", "lr": a.lr, "batch_size": batch, "augment": False, "subset": a.train,
                 "test_subset": a.test, "tau": TAU, "weight_decay": 0.0, "schedule": "constant"}
-    # The fixed measurement set: 128 of the training images (class-balanced), the same at every epoch.
+    # The fixed measurement set: the first 128 training images (all ten classes), the same at every epoch.
     with RunTracker(model, train.images[:128], y[:128], out, dataset="fashion-mnist", factory=make,
                     epochs=a.epochs, checkpoint_epochs=[0], seed=a.seed, settings=settings) as tracker:
         tracker.epoch(0, test_acc=accuracy(model, x_test, y_test))
