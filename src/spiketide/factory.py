@@ -125,7 +125,8 @@ def resolve(reference: str) -> Callable[[], nn.Module]:
 
 def build(reference: str, expect_class: str | None = None) -> nn.Module:
     """Call the factory `reference` names with no arguments and check that it returns an `nn.Module` (of the
-    class `expect_class`, `module.QualName`, when given: the class a run recorded; its name is compared); ConfigError otherwise."""
+    class `expect_class`, `module.QualName`, when given: the class a run recorded; its name is compared);
+    ConfigError otherwise."""
     factory = resolve(reference)
     try:
         model = factory()

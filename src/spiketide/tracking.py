@@ -12,7 +12,7 @@ For a model trained outside `train.Trainer` (a SpikingJelly, snnTorch or Norse m
 Each `epoch()` measures the Fisher profile on the fixed measurement set (`callbacks.FisherTracker`, as the
 Trainer's Fisher tracking does) and appends one metrics.jsonl line in the Trainer's format; the model's weights
 go to checkpoints/. `spiketide plot RUN` then draws Fig. 1 / Fig. 3, and `spiketide fisher|stats|robustness|
-early-exit|deficits RUN --model-factory make_model's_module:make_model` analyse it (see `spiketide.factory`).
+early-exit|deficits RUN --model-factory package.module:make_model` analyse it (see `spiketide.factory`).
 
 config.json is a `TrainConfig` record (so every reader validates it as strictly as a Trainer run's) whose
 `model` is "python:<factory reference>" (`factory.model_name`). Fields the tracker cannot know (optimizer, lr,
@@ -83,7 +83,8 @@ class RunTracker:
         info = data.dataset_info(dataset)
         if images.dim() == 4 and tuple(images.shape[1:]) != (info.channels, info.image_size, info.image_size):
             raise ConfigError(f"the measurement images are {list(images.shape[1:])}, but {info.name} images are "
-                              f"[{info.channels}, {info.image_size}, {info.image_size}]; pass the dataset they are from")
+                              f"[{info.channels}, {info.image_size}, {info.image_size}]; pass the dataset they "
+                              "are from")
         for name, v in (("every", every), ("batch_size", batch_size), ("epochs", epochs)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ConfigError(f"{name} must be a whole number >= 1, got {v!r}")
@@ -185,9 +186,9 @@ class RunTracker:
 
     def _save(self, epoch: int) -> None:
         T = self.config.timesteps
+        built = class_path(self.model)
         state = {"model": self.model.state_dict(), "config": self.config.to_dict(), "epoch": epoch, "timesteps": T,
-                 "model_class": class_path(self.model), "identity": model_identity(self.config, T, class_path(self.model)),
-                 "version": __version__}
+                 "model_class": built, "identity": model_identity(self.config, T, built), "version": __version__}
         if epoch in self.checkpoint_epochs or epoch == self.epochs:
             save_checkpoint(state, self.run.checkpoint_path(epoch))
             self._saved = sorted({*self._saved, epoch})
