@@ -68,7 +68,7 @@ def test_resume_refuses_exactly_what_changes_the_run(tmp_path, capsys):
 
 
 def test_config_checks_name_the_option():
-    for bad, words in (({"lr": float("nan")}, "--lr"), ({"epochs": 0}, "--epochs"), ({"seed": 2**32}, "--seed"),
+    for bad, words in (({"lr": float("nan")}, "learning rate"), ({"epochs": 0}, "--epochs"), ({"seed": 2**32}, "--seed"),
                        ({"alpha": 0.1}, "applies only to --loss alpha"), ({"model": "lenet"}, "unknown model"),
                        ({"loss": "alpha", "alpha": float("inf")}, "finite number >= 0")):
         with pytest.raises(ConfigError, match=words):

@@ -13,11 +13,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "spiketide"
 # Lowest first. A module may import only modules of its own or a lower layer.
 LAYERS = [
     {"errors"},
-    {"checks", "config", "tables", "neuron", "evaluation", "progress", "adapters"},
+    {"checks", "config", "tables", "neuron", "evaluation", "progress", "adapters", "factory"},
     {"models", "data", "losses", "runs"},
     {"fisher", "robustness", "pruning", "early_exit", "plots", "stats", "nir", "checkpoints"},
     {"train", "callbacks"},  # neither imports the other at run time: the caller hands callbacks to the loop
-    {"experiments", "demo"},
+    {"experiments", "demo", "tracking"},
     {"cli"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

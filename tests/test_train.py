@@ -195,7 +195,7 @@ def test_evaluation_keeps_submodule_modes():
 
 
 @pytest.mark.parametrize("change,match", [
-    (dict(fisher_batch_size=0), "Fisher batch size"), (dict(momentum=-1.0), "momentum"),
+    (dict(fisher_batch_size=0), "fisher_batch_size"), (dict(momentum=-1.0), "momentum"),
     (dict(weight_decay=-1.0), "weight-decay"), (dict(lr=float("nan")), "learning rate"),
     (dict(eval_every=0), "eval-every"),
 ])
@@ -349,7 +349,7 @@ def test_resume_from_python_with_other_options_is_refused_before_anything_is_wri
 @pytest.mark.parametrize("change,match", [
     (dict(alpha=0.1), "--alpha 0.1 applies only to --loss alpha"),
     (dict(tet_lambda=0.5), "--tet-lambda 0.5 applies only to --loss tet"),
-    (dict(loss="alpha", alpha=float("inf")), "--alpha must be a finite number"),
+    (dict(loss="alpha", alpha=float("inf")), "--alpha A, a finite number >= 0"),
     (dict(seed=2**64), "--seed must be a whole number from 0 to 4294967295"), (dict(seed=-1), "--seed"),
     (dict(data_root=""), "--data-root is empty"), (dict(epochs="3"), "field 'epochs' is \"3\", not a whole number"),
     (dict(augment=1), "field 'augment' is 1, not true or false"),

@@ -23,13 +23,19 @@ from torch import Tensor, nn
 from spiketide.errors import ConfigError, ModelOutputError
 from spiketide.evaluation import check_logits
 
-__all__ = ["Stateless", "find_resets", "takes_state", "RESET_METHODS"]
+__all__ = ["Stateless", "find_resets", "takes_state", "is_library_neuron", "RESET_METHODS", "LIBRARY_NEURONS"]
 
 # Tried on every module, first match only: SpikingJelly's MemoryModule.reset(); snnTorch (>= 0.7)
 # reset_mem() and the init_*() methods that reset the state of init_hidden=True neurons; reset_hidden().
 RESET_METHODS = ("reset", "reset_mem", "init_leaky", "init_synaptic", "init_rleaky", "init_rsynaptic",
                  "init_alpha", "init_lapicque", "reset_hidden")
 OUTPUTS = {"spikes": 0, "membrane": 1}
+# Spiking neurons of other libraries, as (package prefix, base class name): SpikingJelly's neuron BaseNode,
+# snnTorch's SpikingNeuron, Norse's cells and multi-step modules, less Norse's leaky integrators, which emit
+# no spikes (their membrane is the readout). Recognised by name, so no library is imported.
+LIBRARY_NEURONS = (("spikingjelly.", "BaseNode"), ("snntorch.", "SpikingNeuron"), ("norse.", "SNNCell"),
+                   ("norse.", "SNN"))
+_NOT_SPIKING = {"norse.": ("LI", "LICell", "LIBoxCell")}
 
 
 def find_resets(model: nn.Module) -> list[Callable[[], Any]]:
@@ -45,6 +51,17 @@ def find_resets(model: nn.Module) -> list[Callable[[], Any]]:
                 found.append(fn)
                 break
     return found
+
+
+def is_library_neuron(module: nn.Module) -> bool:
+    """Whether `module` is a spiking neuron layer of SpikingJelly, snnTorch or Norse (`LIBRARY_NEURONS`)."""
+    cls = type(module)
+    for prefix, base in LIBRARY_NEURONS:
+        if cls.__module__.startswith(prefix) and cls.__name__ in _NOT_SPIKING.get(prefix, ()):
+            return False
+        if any(c.__name__ == base and c.__module__.startswith(prefix) for c in cls.__mro__):
+            return True
+    return False
 
 
 def takes_state(model: nn.Module) -> bool:

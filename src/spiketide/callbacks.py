@@ -62,16 +62,25 @@ class FisherTracker(Callback):
         ds = trainer.train_set
         idx = data.balanced_subset_indices(ds.labels.cpu(), ds.num_classes, min(self.samples, len(ds)),
                                            seed=self.seed).to(ds.labels.device)
-        self._data = (data.to_float(ds.images[idx]), ds.labels[idx])
+        self.use(ds.images[idx], ds.labels[idx])
+
+    def use(self, images: Tensor, labels: Tensor) -> None:
+        """Measure on these images (pixels, uint8 or float in [0, 1]) and labels from now on."""
+        self._data = (data.to_float(images), labels)
+
+    def due(self, epoch: int, last: int | None = None) -> bool:
+        """Whether epoch `epoch` is measured: epoch 0, every `every`-th, and the last (`last`, when known)."""
+        return epoch % self.every == 0 or epoch == last
+
+    def measure(self, model, epoch: int) -> dict:
+        """The Fisher profile of `model` on the measurement set (`FisherProfile.to_dict()`), seeded by `epoch`."""
+        x, y = self._data
+        return temporal_fisher(model, x, y, estimator=self.estimator, per_layer=self.per_layer,
+                               batch_size=self.batch_size, seed=self.seed + epoch).to_dict()
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
-        epoch = record["epoch"]
-        if not trainer.is_main or not (epoch % self.every == 0 or epoch == trainer.config.epochs):
-            return
-        x, y = self._data
-        profile = temporal_fisher(trainer.model, x, y, estimator=self.estimator, per_layer=self.per_layer,
-                                  batch_size=self.batch_size, seed=self.seed + epoch)
-        record["fisher"] = profile.to_dict()
+        if trainer.is_main and self.due(record["epoch"], trainer.config.epochs):
+            record["fisher"] = self.measure(trainer.model, record["epoch"])
 
 
 def from_config(config) -> list[Callback]:

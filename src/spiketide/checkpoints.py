@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from spiketide import models
+from spiketide import factory, models
+from spiketide.factory import class_path
 from spiketide.config import TrainConfig, dataset_info
 from spiketide.errors import CheckpointError, ConfigError
 from spiketide.runs import RunDir, load_checkpoint, run_of
@@ -50,15 +51,14 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def build_model(config: TrainConfig) -> nn.Module:
+    if factory.is_python_model(config.model):
+        raise ConfigError(f"model {config.model!r} is built in Python, not by spiketide: hand the module in "
+                          "(Trainer(model=...)), or name its factory with --model-factory")
     info = dataset_info(config.dataset)
     return models.create(config.model, num_classes=info.num_classes, timesteps=config.timesteps, tau=config.tau,
                          in_channels=info.channels, image_size=info.image_size, mean=info.mean, std=info.std,
                          fast_lif=config.fast_lif, width=config.width, encoding=config.encoding,
                          encoding_seed=config.seed)
-
-
-def class_path(model: nn.Module) -> str:
-    return f"{type(model).__module__}.{type(model).__qualname__}"
 
 
 # What a checkpoint is: every option that changes the model's parameters or its computation, in the order
@@ -129,25 +129,29 @@ def check_checkpoint(checkpoint: str | os.PathLike, state: dict, run: RunDir, co
     return ckpt_config
 
 
-def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict]:
+def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu",
+               model_factory: str | None = None) -> tuple[nn.Module, TrainConfig, dict]:
     """Rebuild a model from a checkpoint (config inside it), weights loaded; returns (model, config, state).
 
     A checkpoint inside a run directory (`<run>/checkpoints/x.pt`) must be what that run is
-    (`check_checkpoint`): model, dataset, width, T, tau and encoding.
+    (`check_checkpoint`): model, dataset, width, T, tau and encoding. `model_factory` ("module:function",
+    named by the user, see `spiketide.factory`) builds the module instead of the config: a model built in Python.
     """
     state = load_checkpoint(checkpoint, map_location=device)
     built = state.get("model_class") or ""
-    if built and not built.startswith("spiketide.models."):
+    if built and not built.startswith("spiketide.models.") and model_factory is None:
+        recorded = state["config"].get("model") if isinstance(state["config"], dict) else None
+        hint = factory.recorded_reference(str(recorded)) or "MODULE:FUNCTION"
         raise CheckpointError(f"{checkpoint} holds a model built in Python ({built}), not one of spiketide's models, "
-                              "so it cannot be rebuilt from its config; rebuild it with that class and load "
-                              "spiketide.runs.load_checkpoint(path)['model'] into it")
+                              f"so it cannot be rebuilt from its config; name the code that builds it: --model-factory "
+                              f"{hint} (or load spiketide.runs.load_checkpoint(path)['model'] into it)")
     run = run_of(checkpoint)
     if run is not None:
         run, run_config = read_run(run)
         config = check_checkpoint(checkpoint, state, run, run_config)
     else:
         _, config = checkpoint_identity(state, checkpoint)
-    model = build_model(config)
+    model = build_model(config) if model_factory is None else factory.build(model_factory, built or None)
     sd = state["model"]
     if any(k.endswith("_orig") for k in sd):  # a pruned model: re-create the masks before loading
         apply_masks_from_state(model, sd)

@@ -287,7 +287,8 @@ def _where(args) -> dict:
     """The evaluation options every analysis shares, as its keyword arguments."""
     from spiketide.checkpoints import select_device
 
-    return dict(seed=args.seed, data_root=args.data_root, device=select_device(args.device))
+    return dict(seed=args.seed, data_root=args.data_root, device=select_device(args.device),
+                model_factory=args.model_factory)
 
 
 def _check_out_file(out: str) -> None:
@@ -429,6 +430,10 @@ def _add_eval_options(p: argparse.ArgumentParser, samples_default: int | None, s
     p.add_argument("--data-root", type=_path, default=None, help="dataset folder (default: as at training time)")
     p.add_argument("--out", type=_path, default=None, help="JSON file to write (default: next to the run)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--model-factory", metavar="MODULE:FUNCTION", default=None,
+                   help="for a run whose model was built in Python (an own training loop): import this function (or "
+                   "path/to/file.py:function) and call it with no arguments to build the model; user code runs only "
+                   "when named here, never from what the run directory records")
 
 
 def _add_energy_options(p: argparse.ArgumentParser) -> None:

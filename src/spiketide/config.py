@@ -17,7 +17,8 @@ from spiketide.checks import check_fields, check_loss, check_tau, field_problem,
 from spiketide.errors import CheckpointError, ConfigError
 
 __all__ = ["TrainConfig", "RUN_INVARIANT", "RUN_SETTINGS", "MODELS", "ENCODINGS", "LOSSES", "ESTIMATORS", "OPTIMIZERS", "SCHEDULES",
-           "SEED_MAX", "DATASETS", "DatasetInfo", "dataset_info", "SCALES", "NIR_DT", "NIR_POOLINGS"]
+           "SEED_MAX", "DATASETS", "DatasetInfo", "dataset_info", "SCALES", "NIR_DT", "NIR_POOLINGS", "PYTHON_MODEL",
+           "is_python_model"]
 
 MODELS = ("alexnet", "convnet", "resnet19", "resnet34", "vgg16")
 ENCODINGS = ("direct", "poisson")
@@ -30,6 +31,12 @@ SEED_MAX = 2**32 - 1  # the seed seeds torch generators (with seed + 1, seed + e
 SCALES = ("smoke", "cpu", "paper")  # of `spiketide reproduce` (experiments/suite.py)
 NIR_DT = 1e-4  # seconds per timestep written into an exported NIR graph: SpikingJelly's default
 NIR_POOLINGS = ("avg", "sum")
+PYTHON_MODEL = "python"  # config `model` of a model built in Python: "python" or "python:<factory reference>"
+
+
+def is_python_model(name: object) -> bool:
+    """Whether a config's `model` names a model built in Python (`factory.model_name`), not one of `MODELS`."""
+    return isinstance(name, str) and (name == PYTHON_MODEL or name.startswith(PYTHON_MODEL + ":"))
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,10 @@ class TrainConfig:
         problem = field_problem(self.to_dict(), type(self))
         if problem:
             raise ConfigError(f"TrainConfig {problem}")
-        for option, value, names in (("model", self.model, MODELS), ("encoding", self.encoding, ENCODINGS),
+        if not is_python_model(self.model) and self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)} (or python:<factory> "
+                              "for a model built in Python)")
+        for option, value, names in (("encoding", self.encoding, ENCODINGS),
                                      ("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
                                      ("Fisher estimator", self.fisher_estimator, ESTIMATORS)):
             if value not in names:

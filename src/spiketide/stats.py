@@ -60,6 +60,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from spiketide import evaluation, progress as progress_bar
+from spiketide.adapters import is_library_neuron
 from spiketide.checks import whole
 from spiketide.errors import ConfigError, ModelOutputError
 from spiketide.neuron import LIF
@@ -99,12 +100,17 @@ class EnergyModel:
                 "source": "Horowitz, ISSCC 2014, 45 nm, 32-bit float" if self == EnergyModel() else "user"}
 
 
+def _neuron(m: nn.Module) -> bool:
+    return isinstance(m, LIF) or is_library_neuron(m)
+
+
 def _spiking_predicate(spec: SpikingSpec, model: nn.Module) -> Callable[[str, nn.Module], bool]:
-    """LIF modules always; plus what the caller names: a predicate (name, module) -> bool, or module names/types."""
+    """LIF modules and other libraries' neurons (`adapters.is_library_neuron`) always; plus what the caller
+    names: a predicate (name, module) -> bool, or module names/types."""
     if spec is None:
-        return lambda name, m: isinstance(m, LIF)
+        return lambda name, m: _neuron(m)
     if callable(spec) and not isinstance(spec, type):
-        return lambda name, m: isinstance(m, LIF) or bool(spec(name, m))
+        return lambda name, m: _neuron(m) or bool(spec(name, m))
     if isinstance(spec, (str, type)):
         spec = [spec]
     try:
@@ -120,7 +126,7 @@ def _spiking_predicate(spec: SpikingSpec, model: nn.Module) -> Callable[[str, nn
     if unknown:
         raise ConfigError(f"spiking_modules names no module called {sorted(unknown)}; the model's modules are "
                           f"{[n for n, _ in model.named_modules() if n][:20]}")
-    return lambda name, m: isinstance(m, LIF) or name in names or (bool(types) and isinstance(m, types))
+    return lambda name, m: _neuron(m) or name in names or (bool(types) and isinstance(m, types))
 
 
 def _first_tensor(out: Any, name: str) -> Tensor:
@@ -341,8 +347,9 @@ def spike_stats(model: nn.Module, images: Any, labels: Any = None, *, batch_size
     """Firing rates, synaptic operations, MACs and an energy estimate of `model` on `images` (module doc).
 
     The model runs in eval mode (each submodule's own mode restored after) under `torch.no_grad()`. Spiking
-    layers are every `spiketide.neuron.LIF` plus what `spiking_modules` names: a predicate `(name, module) ->
-    bool`, or module names and/or types (for SNNs from other libraries). `labels` are only checked.
+    layers are every `spiketide.neuron.LIF`, every SpikingJelly / snnTorch / Norse neuron layer
+    (`adapters.is_library_neuron`) and what `spiking_modules` names: a predicate `(name, module) -> bool`, or
+    module names and/or types (other neurons). `labels` are only checked.
     `nonbinary`: "sops" (default) or "macs", how spike-driven layers fed non-binary inputs count (module doc).
 
     Returns a JSON-ready dict:
@@ -370,8 +377,8 @@ def spike_stats(model: nn.Module, images: Any, labels: Any = None, *, batch_size
     images, labels = evaluation.check_images(images, labels)
     counter = OperationCounter(model, spiking_modules, nonbinary=nonbinary)
     if not counter.spiking:
-        raise ConfigError("the model has no spiking layers: no spiketide.neuron.LIF module; name the spiking "
-                          "modules of other libraries with spiking_modules=")
+        raise ConfigError("the model has no spiking layers: no spiketide.neuron.LIF module and no SpikingJelly, "
+                          "snnTorch or Norse neuron; name its spiking modules with spiking_modules=")
     device = evaluation.model_device(model)
     T = None
     bar = progress_bar.bar(math.ceil(len(images) / batch_size), "spike stats", enabled=progress)

@@ -23,7 +23,8 @@ from torch import nn
 from torch.distributed.nn.functional import all_reduce
 
 from spiketide import __version__, data, progress
-from spiketide.checkpoints import build_model, check_checkpoint, class_path, model_identity, read_run, select_device
+from spiketide.checkpoints import build_model, check_checkpoint, model_identity, read_run, select_device
+from spiketide.factory import class_path
 from spiketide.config import RUN_SETTINGS, TrainConfig
 from spiketide.errors import CheckpointError, ConfigError, TrainingDiverged
 from spiketide.evaluation import accuracy, check_logits

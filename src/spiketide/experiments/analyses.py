@@ -32,10 +32,11 @@ Device = torch.device | str
 
 
 def load_with_data(ckpt: str | os.PathLike, split: str, samples: int | None, seed: int = 0,
-                   data_root: str | None = None, device: Device = "cpu"):
+                   data_root: str | None = None, device: Device = "cpu", model_factory: str | None = None):
     """(model, config, state, images) of a checkpoint: its model, and `samples` class-balanced images of its
-    dataset's `split` drawn with `seed` (`data_root` overrides the folder the run was trained from)."""
-    model, config, state = load_model(ckpt, device)
+    dataset's `split` drawn with `seed` (`data_root` overrides the folder the run was trained from).
+    `model_factory` ("module:function", named by the user) builds a model that was built in Python."""
+    model, config, state = load_model(ckpt, device, model_factory)
     ds = data.load(config.dataset, split, root=data_root or config.data_root, subset=samples, seed=seed,
                    device=device)
     return model, config, state, ds
@@ -44,11 +45,12 @@ def load_with_data(ckpt: str | os.PathLike, split: str, samples: int | None, see
 def fisher(checkpoints: Sequence[str | os.PathLike], *, split: str = "train", samples: int | None = 128,
            estimator: str = "empirical", per_layer: bool = False, batch_size: int = 64, seed: int = 0,
            data_root: str | None = None, device: Device = "cpu", progress: bool = False,
+           model_factory: str | None = None,
            on_result: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Eq. 6 (and Eq. 7) of every checkpoint, on the same images of `split`."""
     results = []
     for ckpt in checkpoints:
-        model, _, state, ds = load_with_data(ckpt, split, samples, seed, data_root, device)
+        model, _, state, ds = load_with_data(ckpt, split, samples, seed, data_root, device, model_factory)
         prof = temporal_fisher(model, data.to_float(ds.images), ds.labels, estimator=estimator, per_layer=per_layer,
                                batch_size=batch_size, seed=seed, progress=progress)
         results.append({"checkpoint": str(ckpt), "epoch": state.get("epoch"), "fisher": prof.to_dict()})
@@ -59,14 +61,14 @@ def fisher(checkpoints: Sequence[str | os.PathLike], *, split: str = "train", sa
 
 def deficits(checkpoints: Sequence[str | os.PathLike], *, window: int = 3, noise_ratio: float = 0.5,
              samples: int | None = 1000, batch_size: int = 256, seed: int = 0, data_root: str | None = None,
-             device: Device = "cpu", progress: bool = False,
+             device: Device = "cpu", progress: bool = False, model_factory: str | None = None,
              on_result: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Fig. 2 over training: `robustness.time_window_deficits` of every checkpoint, on the same test images."""
     if not checkpoints:
         raise ConfigError("no checkpoints to evaluate")
     entries = []
     for ckpt in checkpoints:
-        model, _, state, test = load_with_data(ckpt, "test", samples, seed, data_root, device)
+        model, _, state, test = load_with_data(ckpt, "test", samples, seed, data_root, device, model_factory)
         entry = robustness.time_window_deficits(model, test.images, test.labels, window=window,
                                                 noise_ratio=noise_ratio, batch_size=batch_size, seed=seed,
                                                 progress=progress)
@@ -80,10 +82,11 @@ def deficits(checkpoints: Sequence[str | os.PathLike], *, window: int = 3, noise
 def robustness_suite(ckpt: str | os.PathLike, *, samples: int | None = None, batch_size: int = 128, seed: int = 0,
                      eps: float = 8 / 255, pgd_step: float = 4 / 255, pgd_iters: int = 10, random_start: bool = True,
                      noise_ratio: float = 0.5, eps_sweep: bool = False, window_k: int | None = None,
-                     data_root: str | None = None, device: Device = "cpu", progress: bool = False) -> dict[str, Any]:
+                     data_root: str | None = None, device: Device = "cpu", progress: bool = False,
+                     model_factory: str | None = None) -> dict[str, Any]:
     """Table 1 for one checkpoint; with `eps_sweep` the gradient-masking check, with `window_k` PGD on the first
     and on the last k timesteps only (beyond the paper)."""
-    model, config, _, ds = load_with_data(ckpt, "test", samples, seed, data_root, device)
+    model, config, _, ds = load_with_data(ckpt, "test", samples, seed, data_root, device, model_factory)
     attack = dict(eps=eps, pgd_step=pgd_step, pgd_iters=pgd_iters, random_start=random_start)
     result = robustness.evaluate(model, ds.images, ds.labels, batch_size=batch_size, noise_ratio=noise_ratio,
                                  seed=seed, progress=progress, **attack)
@@ -117,10 +120,10 @@ def robustness_lines(result: dict) -> list[str]:
 
 def exit_costs(ckpt: str | os.PathLike, *, samples: int | None = None, thresholds: Sequence[float] | None = None,
                fisher_samples: int = 128, batch_size: int = 128, seed: int = 0, energy=stats.EnergyModel(),
-               data_root: str | None = None, device: Device = "cpu") -> dict[str, Any]:
+               data_root: str | None = None, device: Device = "cpu", model_factory: str | None = None) -> dict[str, Any]:
     """Early exit: accuracy, timesteps, operations and energy per confidence threshold, beside the Fisher profile
     of `fisher_samples` training images (Eq. 6)."""
-    model, config, _, ds = load_with_data(ckpt, "test", samples, seed, data_root, device)
+    model, config, _, ds = load_with_data(ckpt, "test", samples, seed, data_root, device, model_factory)
     curve = early_exit.exit_curve(model, ds.images, ds.labels, thresholds=thresholds, batch_size=batch_size,
                                   energy=energy)
     train = data.load(config.dataset, "train", root=data_root or config.data_root, subset=fisher_samples,
@@ -133,9 +136,9 @@ def exit_costs(ckpt: str | os.PathLike, *, samples: int | None = None, threshold
 
 def spike_counts(ckpt: str | os.PathLike, *, samples: int | None = 256, batch_size: int = 64, seed: int = 0,
                  energy=stats.EnergyModel(), nonbinary: str = "sops", data_root: str | None = None,
-                 device: Device = "cpu", progress: bool = False) -> dict[str, Any]:
+                 device: Device = "cpu", progress: bool = False, model_factory: str | None = None) -> dict[str, Any]:
     """Firing rates, synaptic operations and energy (`stats.spike_stats`) of one checkpoint on test images."""
-    model, _, state, ds = load_with_data(ckpt, "test", samples, seed, data_root, device)
+    model, _, state, ds = load_with_data(ckpt, "test", samples, seed, data_root, device, model_factory)
     result = stats.spike_stats(model, ds.images, ds.labels, batch_size=batch_size, progress=progress, energy=energy,
                                nonbinary=nonbinary)
     result["checkpoint"], result["epoch"] = str(ckpt), state.get("epoch")
