@@ -207,3 +207,12 @@ def test_factory_builds_and_library_neurons_are_recognised():
     assert is_library_neuron(neuron.LIFNode()) and is_library_neuron(snn.Leaky(beta=0.5))
     assert is_library_neuron(norse.LIFBoxCell()) and is_library_neuron(norse.LIF())
     assert not is_library_neuron(norse.LICell()) and not is_library_neuron(nn.ReLU())
+
+
+def test_commands_for_spiketide_models_refuse_a_python_model_in_one_line(own_run, capsys, tmp_path):
+    out, _, _ = own_run
+    code, _, err = run_cli(capsys, "export-nir", out)
+    assert code == 2 and "built in Python" in err and err.count("\n") == 1
+    assert not (out / "model.nir").exists()
+    code, _, err = run_cli(capsys, "train", "--model", "python:pkg.mod:make", "--out", tmp_path / "new")
+    assert code == 2 and "RunTracker" in err and err.count("\n") == 1 and not (tmp_path / "new").exists()

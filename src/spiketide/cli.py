@@ -12,7 +12,7 @@ from pathlib import Path
 
 from spiketide import __version__
 from spiketide.config import (DATASETS, ENCODINGS, ESTIMATORS, LOSSES, MODELS, NIR_DT, NIR_POOLINGS, OPTIMIZERS,
-                              RUN_INVARIANT, SCALES, SCHEDULES, SEED_MAX, TrainConfig)
+                              RUN_INVARIANT, SCALES, SCHEDULES, SEED_MAX, TrainConfig, is_python_model)
 from spiketide.errors import ConfigError, SpiketideError
 
 
@@ -157,6 +157,10 @@ def _add_train_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> Non
 def _config_from_args(args) -> TrainConfig:
     from spiketide.losses import resolve_alpha
 
+    if is_python_model(args.model):
+        raise ConfigError(f"--model {args.model}: `spiketide train` builds spiketide's models ({', '.join(MODELS)}); "
+                          "train a model built in Python in your own loop and record it with spiketide.tracking."
+                          "RunTracker")
     values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     values["alpha"] = resolve_alpha(args.alpha)
     return TrainConfig(**values).validate()
@@ -555,11 +559,14 @@ def cmd_export_nir(args, ckpts: list[Path], out_dir: Path) -> int:
     import torch
 
     from spiketide import nir as snir
-    from spiketide.checkpoints import load_model
+    from spiketide.checkpoints import load_model, read_run
     from spiketide.models.base import poisson_spikes
 
     ckpt = ckpts[-1]
     out = Path(args.out) if args.out else out_dir / "model.nir"
+    if (out_dir / "config.json").is_file() and is_python_model(read_run(out_dir)[1].model):
+        raise ConfigError(f"{out_dir} holds a model built in Python; export-nir writes spiketide's own models "
+                          "(NIR export of another framework's model is that framework's exporter's job)")
     model, config, state = load_model(ckpt, "cpu")
     graph = snir.to_nir(model.eval(), dt=args.dt, pooling=args.pooling)
     out.parent.mkdir(parents=True, exist_ok=True)
