@@ -23,3 +23,9 @@ $st deficits "$out/ce-s0" --window 3 --samples 500 --no-progress
 $st early-exit "$out/ce-s0" --samples 500
 $st prune "$out/ce-s0" --rounds 3 --rate 0.5 --retrain-epochs 5 --t-retrain 1,2,3,6 --no-progress
 $st prune "$out/ce-s0" --rounds 3 --rate 0.5 --retrain-epochs 5 --t-retrain auto --out "$out/ce-s0/pruning-auto" --no-progress
+# README.md's operation counts (the early-exit rows with SOPs and energy, `spiketide stats`, SpikingJelly's counters)
+# are measured on the CPU-scale reproduction's half-width base run instead (needs Ray: pip install -e ".[sweep]"):
+#   spiketide reproduce fig1 --scale cpu --seeds 0 --out experiments
+#   run=experiments/runs/convnet-fashion-mnist-34649354ca
+#   spiketide early-exit $run --samples 500; spiketide stats $run
+#   python examples/op_counters.py $run/checkpoints/last.pt --samples 256
