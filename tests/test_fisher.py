@@ -22,7 +22,7 @@ from spiketide.fisher import (
     information_centroid,
     temporal_fisher,
 )
-from spiketide.fisher.reference import draw_uniforms, true_labels
+from spiketide.fisher.measurement import draw_uniforms, true_labels
 from spiketide.losses import horizon_logits
 from spiketide.models import create
 from spiketide.neuron import lif_scan, spike

@@ -10,7 +10,8 @@ trainable parameters theta:
 
 `cumulative_share` and `horizon_for_share` say how much of it the first t timesteps hold. Modules: `profile`
 (result, Eq. 7) · `tic` (temporal information concentration: the one rule, read from IC at fixed fractions of
-training) · `reference` (the definition written plainly: brute force, the authors' estimator) · `rules`
+training) · `reference` (the definition written plainly: brute force, the authors' estimator) · `measurement`
+(what the estimators share: checks, eval-mode context, parameter groups, labels, squared norms) · `rules`
 (per-sample gradient rules per layer type) · `engine` (hooks: all T horizons from one forward pass).
 """
 
@@ -23,7 +24,8 @@ from spiketide.errors import ConfigError
 from spiketide.fisher.engine import per_sample_fisher
 from spiketide.fisher.profile import (ESTIMATORS, FisherProfile, cumulative_share, horizon_for_share,
                                       information_centroid)
-from spiketide.fisher.reference import batch_fisher, brute_force_fisher, check_arguments
+from spiketide.fisher.measurement import check_arguments
+from spiketide.fisher.reference import batch_fisher, brute_force_fisher
 
 __all__ = ["ESTIMATORS", "FisherProfile", "temporal_fisher", "brute_force_fisher", "information_centroid",
            "cumulative_share", "horizon_for_share"]
