@@ -8,9 +8,11 @@ t = 1 as the training loss approaches zero (the paper's TIC, Fig. 1, judged by t
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from spiketide import callbacks, plots
+from spiketide.fisher.profile import read_profiles
 from spiketide.fisher.tic import TIC_MARGIN, MissingValue, ic_levels, tic_score
 from spiketide.runs import RunDir, atomic_write_json
 from spiketide.train import TrainConfig, train
@@ -39,14 +41,15 @@ def demo_config(out: str = "runs/demo", epochs: int | None = None) -> TrainConfi
 def tic_summary(records: list[dict], epochs: int) -> dict:
     """IC at the start, its early-training and end-of-training levels, and the TIC rule's verdict (fisher.tic);
     whether I_1 is the largest at the end."""
-    fish = [(r["epoch"], r["fisher"]) for r in records if r.get("fisher")]
-    if not fish:
+    readings = read_profiles(records)
+    if not readings:
         return {}
-    end_epoch, end_trace = fish[-1][0], fish[-1][1]["trace"]
-    summary = {"end_epoch": end_epoch, "end_trace": end_trace,
-               "i1_largest_at_end": None not in end_trace and end_trace[0] == max(end_trace)}
+    end_epoch, end = readings[-1]
+    trace = end.trace.tolist()
+    summary = {"end_epoch": end_epoch, "end_trace": end.to_dict()["trace"],
+               "i1_largest_at_end": all(map(math.isfinite, trace)) and trace[0] == max(trace)}
     try:
-        levels = ic_levels([(e, f["centroid"]) for e, f in fish], len(end_trace), epochs)
+        levels = ic_levels([(e, p.centroid) for e, p in readings], end.timesteps, epochs)
     except MissingValue as exc:
         return {**summary, "tic": False, "tic_unmeasured": str(exc)}
     score = tic_score(levels)
