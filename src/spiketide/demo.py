@@ -74,17 +74,13 @@ def run_demo(out: str | None = None, epochs: int | None = None, progress: bool =
     print(f"spiketide demo: {config.model} on {config.subset} Fashion-MNIST images, T={config.timesteps}, "
           f"tau={config.tau}, {config.epochs} epochs; Fisher (Eq. 6) on {config.fisher_samples} training images "
           f"every {config.fisher_every} epochs -> {config.out}")
-    trainer = train(config, callbacks=callbacks.from_config(config))
-    run = trainer.run
+    run = train(config, callbacks=callbacks.from_config(config)).run
     records = run.read_metrics()
     figures = plots.plot_run(run.path)
-    summary = tic_summary(records, config.epochs)
-    summary["test_acc"] = records[-1]["test_acc"]
-    summary["train_loss"] = records[-1]["train_loss"]
-    summary["seconds"] = sum(r.get("seconds") or 0 for r in records)
+    summary = {**tic_summary(records, config.epochs), "test_acc": records[-1]["test_acc"],
+               "train_loss": records[-1]["train_loss"], "seconds": sum(r.get("seconds") or 0 for r in records)}
     atomic_write_json(run.path / "summary.json", summary)
-    print()
-    print(f"run directory: {run.path}")
+    print(f"\nrun directory: {run.path}")
     print(f"final: train loss {summary['train_loss']:.4f}, test accuracy {summary['test_acc']:.3f}")
     if "ic_start" in summary:
         print(f"information centroid (Eq. 7): {summary['ic_start']:.2f} at epoch 0 -> {summary['ic_early']:.2f} in the "

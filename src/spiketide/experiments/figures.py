@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 
 from spiketide.experiments.statistics import readings
 from spiketide.experiments.trials import RunResult
 from spiketide.fisher.tic import EARLY, END
-from spiketide.plots import pick_epochs
+from spiketide.plots import block_heatmap, pick_epochs
 
 __all__ = ["FIGURES"]
 
@@ -61,10 +60,9 @@ def ic_figure(results: Results, title: str) -> Figure:
     ax_ic, ax_t = fig.subplots(1, 2)
     labels = _labels(results)
     for i, label in enumerate(labels):
-        runs = [r[label] for r in results.values() if r.get(label) and r[label].fisher()]
-        if not runs:
+        read = [rd for r in results.values() if r.get(label) and (rd := readings(r[label]))]
+        if not read:
             continue
-        read = [readings(r) for r in runs]
         epochs = [e for e, _ in read[0]]
         _band(ax_ic, np.array(epochs, dtype=float), [[p.centroid for _, p in rd] for rd in read], label, f"C{i}")
         if len(labels) == 1:
@@ -110,13 +108,7 @@ def blocks_figure(results: Results, title: str) -> Figure:
     fig = Figure(figsize=(5, 3.8))
     ax = fig.subplots()
     if per:
-        names = list(per[0])
-        blocks = [torch.stack([p[n] for n in names]).numpy() for p in per]
-        m = np.mean([b / max(b.max(), 1e-30) for b in blocks], axis=0)
-        im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-        ax.set_xticks(range(m.shape[1]), [str(t + 1) for t in range(m.shape[1])])
-        ax.set_yticks(range(len(names)), names, fontsize=7)
-        fig.colorbar(im, ax=ax, label="normalised Fisher information")
+        fig.colorbar(block_heatmap(ax, per), ax=ax, label="normalised Fisher information")
     ax.set(xlabel="timestep t", ylabel="block")
     ax.set_title(f"{title} (end of training, mean of {len(per)} seeds)", fontsize=9)
     fig.tight_layout()

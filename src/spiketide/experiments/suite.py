@@ -142,11 +142,16 @@ def _add(e: Experiment) -> None:
     EXPERIMENTS[e.name] = e
 
 
-def _tic_rule(label: str, text: str, paper: str) -> ClaimSpec:
-    """The one TIC rule (fisher.tic) on one run, testable only when the run fits its training set."""
-    return ClaimSpec(Claim(f"tic-{label}", text, paper, "(IC_end − min(IC_start, IC_early)) / (T − 1)", "<0",
-                           margin=TIC_MARGIN),
-                     st.tic(label), (st.fits(label), st.fisher_tracked(label)))
+_FIT = lambda label: (st.fits(label), st.fisher_tracked(label))  # noqa: E731
+
+
+def _tic_rule(label: str, text: str, paper: str, block: str | None = None) -> ClaimSpec:
+    """The one TIC rule (fisher.tic) on one run, or on one `block` of it, testable only when the run fits its
+    training set."""
+    of = " of the block" if block else ""
+    return ClaimSpec(Claim(f"tic-{block or label}", text, paper,
+                           f"(IC_end − min(IC_start, IC_early)) / (T − 1){of}", "<0", margin=TIC_MARGIN),
+                     st.block_tic(label, block) if block else st.tic(label), _FIT(label))
 
 
 def _base_label(runs: dict[str, dict], key: str, scale: str) -> str | None:
@@ -158,9 +163,6 @@ def _base_label(runs: dict[str, dict], key: str, scale: str) -> str | None:
 def _blocks(scale: str) -> tuple[str, ...]:
     """The base model's blocks, stem and classifier excluded (Fig. 3 is drawn over residual blocks)."""
     return tuple(b for b in models.block_names(base_config(scale)["model"]) if b not in ("stem", "fc"))
-
-
-_FIT = lambda label: (st.fits(label), st.fisher_tracked(label))  # noqa: E731
 
 
 def _fig1(scale: str) -> tuple[ClaimSpec, ...]:
@@ -215,11 +217,8 @@ def _fig3(scale: str) -> tuple[ClaimSpec, ...]:
                           "the latter and early timesteps", "(IC(first block) − IC(last block)) at the end / (T − 1)",
                           ">0"),
                     st.block_gap("base", blocks[0], blocks[-1]), _FIT("base"))
-    each = tuple(ClaimSpec(Claim(f"tic-{b}", f"Block {b} follows TIC (the TIC rule on its own Fisher information)",
-                                 "the overall trend of temporal information dynamics in each layer follows the TIC "
-                                 "trend", "(IC_end − min(IC_start, IC_early)) / (T − 1) of the block", "<0",
-                                 margin=TIC_MARGIN),
-                           st.block_tic("base", b), _FIT("base"))
+    each = tuple(_tic_rule("base", f"Block {b} follows TIC (the TIC rule on its own Fisher information)",
+                           "the overall trend of temporal information dynamics in each layer follows the TIC trend", b)
                  for b in blocks)
     return (gap,) + each
 

@@ -1,8 +1,7 @@
 """What every estimator shares, none of it Fisher information itself: the argument checks made once at the public
-entries, the measurement context (eval mode with gradients on; the trainable parameters, their groups for
-`per_layer`, each batch as the model takes it), the labels per horizon (the data's, Eq. 6, or drawn from the
-model, Eq. 5), squared gradient norms per group, and the check that the model keeps no state between calls.
-"""
+entries, the measurement context (eval mode with gradients on; trainable parameters, their `per_layer` groups,
+batches as the model takes them), labels per horizon (Eq. 6: the data's; Eq. 5: drawn from the model), squared
+gradient norms per group, and the check that the model keeps no state between calls."""
 
 from __future__ import annotations
 
@@ -21,8 +20,7 @@ from spiketide.fisher.profile import ESTIMATORS
 from spiketide.losses import horizon_logits
 
 __all__ = ["check_arguments", "sample_dim", "first_forward", "spans", "ParamGroups", "param_groups", "Measured",
-           "measurement", "squared_norms", "check_stateless", "true_labels", "draw_uniforms", "Labels",
-           "horizon_norms"]
+           "measurement", "squared_norms", "check_stateless", "true_labels", "draw_uniforms", "Labels", "horizon_norms"]
 
 
 def sample_dim(inputs: Tensor) -> int:
@@ -63,6 +61,11 @@ def check_arguments(model: Any, inputs: Any, targets: Any, estimator: str, batch
                 "so even in eval mode each sample's output depends on the rest of its batch and per-sample Fisher "
                 "information is undefined; build it with track_running_stats=True (and estimate the statistics in "
                 "train mode) or use a per-sample normalisation such as GroupNorm or LayerNorm.")
+    # a NaN or inf weight (or BatchNorm statistic) makes every gradient NaN: refused rather than a NaN profile
+    for name, t in [*model.named_parameters(), *((n, b) for n, b in model.named_buffers() if b.is_floating_point())]:
+        if not bool(torch.isfinite(t.detach()).all()):
+            raise ConfigError(f"the model's {name} holds NaN or inf, so its Fisher information is undefined; load "
+                              "weights saved before the values went bad (e.g. the last good checkpoint)")
     return inputs, targets.long()
 
 

@@ -1,6 +1,5 @@
-"""The result of a measurement, and what a trace I_1..I_T says: its centroid (Eq. 7, computed here only) and the
-cumulative share of the information reached by each horizon. (Below `reference` and `engine`, which build
-profiles.) A profile is written to metrics.jsonl as `to_dict()` and read back as a profile (`read_profiles`)."""
+"""The result of a measurement, written as `to_dict()` and read back (`read_profiles`), and what a trace I_1..I_T
+says: its centroid (Eq. 7, computed here only) and the share of the information reached by each horizon."""
 
 from __future__ import annotations
 
@@ -95,13 +94,9 @@ class FisherProfile:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (nan -> None); `per_layer` only when it was measured."""
-        d: dict[str, Any] = {
-            "trace": _floats(self.trace),
-            "stderr": _floats(self.stderr),
-            "centroid": float(self.centroid) if math.isfinite(self.centroid) else None,
-            "estimator": self.estimator,
-            "num_samples": int(self.num_samples),
-        }
+        d: dict[str, Any] = {"trace": _floats(self.trace), "stderr": _floats(self.stderr),
+                             "centroid": float(self.centroid) if math.isfinite(self.centroid) else None,
+                             "estimator": self.estimator, "num_samples": int(self.num_samples)}
         if self.per_layer is not None:
             d["per_layer"] = {k: _floats(v) for k, v in self.per_layer.items()}
         return d
@@ -109,17 +104,11 @@ class FisherProfile:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FisherProfile:
         """The profile `to_dict` wrote (null -> nan); a missing centroid is computed, a missing stderr is nan."""
-        trace = _tensor(d["trace"])
-        c = d.get("centroid")
-        per = d.get("per_layer")
-        return cls(
-            trace=trace,
-            stderr=_tensor(d.get("stderr") or [None] * len(trace)),
-            centroid=float(c) if c is not None else (information_centroid(trace) if trace.numel() else float("nan")),
-            per_layer=None if per is None else {k: _tensor(v) for k, v in per.items()},
-            estimator=str(d.get("estimator", "empirical")),
-            num_samples=int(d.get("num_samples", 0)),
-        )
+        trace, c, per = _tensor(d["trace"]), d.get("centroid"), d.get("per_layer")
+        return cls(trace=trace, stderr=_tensor(d.get("stderr") or [None] * len(trace)),
+                   centroid=float(c) if c is not None else information_centroid(trace) if trace.numel() else math.nan,
+                   per_layer=None if per is None else {k: _tensor(v) for k, v in per.items()},
+                   estimator=str(d.get("estimator", "empirical")), num_samples=int(d.get("num_samples", 0)))
 
 
 def summarize(per_sample: Tensor, groups: Sequence[str], per_layer: bool, estimator: str,

@@ -7,11 +7,10 @@ With f(y | x_<=t) the softmax of the mean of the first t per-timestep outputs an
                                                                 from f(y | x^n_<=t) (Eq. 5, "true")
     I_t = mean over minibatches B of ||grad_theta (1/b) sum_{n in B} log f(y_n | x^n_<=t)||^2      ("batch")
 
-What this takes from `measurement` is bookkeeping: `check_arguments` (ConfigError for what cannot be measured),
-`measurement` (eval mode with gradients on; `m.params`, `m.groups` for `per_layer`, `m.batch` as the model takes
-it), `first_forward` (T, and the targets within the C classes), `draw_uniforms` and `true_labels` (Eq. 5's draw,
-by inverse CDF, the same as the engine's) and `squared_norms` (||g||^2 per parameter group). `summarize` turns
-the terms [G, N, T] into the profile: their mean over N and its standard error.
+The rest is bookkeeping (`measurement`): `check_arguments` refuses what cannot be measured, `measurement` gives
+eval mode with gradients on (`m.params`, `m.groups` for `per_layer`, `m.batch`), `first_forward` T and a check
+of the targets, `draw_uniforms` and `true_labels` Eq. 5's draw (the engine's), `squared_norms` ||g||^2 per group;
+`summarize` turns the terms [G, N, T] into the profile (their mean over N and its standard error).
 """
 
 from __future__ import annotations
@@ -49,12 +48,10 @@ def brute_force_fisher(model: nn.Module, inputs: Tensor, targets: Tensor, *, est
             per_horizon = []
             for t in range(1, T + 1):
                 z = logits(model, xb)[:t].mean(0)  # horizon-t logits [b, C]: f(y | x_<=t) = softmax(z)
-                if estimator != "true":
-                    y = targets[s:e].to(m.device)  # Eq. 6: the data's labels
-                elif uniforms is not None:
-                    y = true_labels(z[None], uniforms[t - 1:t, s:e])[0]  # Eq. 5: y ~ f(y | x_<=t)
-                else:
-                    y = labels[t - 1, s:e].to(m.device)
+                y = targets[s:e].to(m.device)  # Eq. 6: the data's labels
+                if estimator == "true":  # Eq. 5: y ~ f(y | x_<=t), drawn as temporal_fisher draws it, or given
+                    y = (true_labels(z[None], uniforms[t - 1:t, s:e])[0] if uniforms is not None
+                         else labels[t - 1, s:e].to(m.device))
                 log_f = torch.log_softmax(z, -1).gather(1, y.view(-1, 1)).squeeze(1)
                 grads = torch.autograd.grad(log_f.mean(), m.params, allow_unused=True)
                 per_horizon.append(squared_norms(grads, m.groups))  # ||grad_theta log f||^2 per group [G]
