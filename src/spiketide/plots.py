@@ -135,8 +135,7 @@ def plot_deficits(result: dict) -> Figure:
         ax.plot(entry["window_starts"], [100 * v for v in entry["relative_accuracy"]], "o-", color=f"C{i}",
                 label=f"epoch {entry['epoch']}")
     ax.axhline(0, color="gray", lw=0.8)
-    w = result["window"]
-    ax.set(xlabel=f"noise window start t (window [t, t+{w - 1}])", ylabel="relative accuracy (points)")
+    ax.set(xlabel=f"noise window start t (window [t, t+{result['window'] - 1}])", ylabel="relative accuracy (points)")
     ax.set_title("Time-window deficits (Fig. 2)", fontsize=10)
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
@@ -167,7 +166,6 @@ def plot_run(run_path: str | Path) -> list[Path]:
     paths: list[Path] = []
     if read_profiles(records):
         paths += save(plot_fig1(records), run.figures / "fig1_temporal_fisher")
-        fig3 = plot_fig3(records)
-        if fig3 is not None:
+        if (fig3 := plot_fig3(records)) is not None:
             paths += save(fig3, run.figures / "fig3_per_block_fisher")
     return paths

@@ -90,8 +90,7 @@ def deficits_figure(results: Results, title: str) -> Figure:
     """Fig. 2: relative accuracy with noise in [t, t+w-1] vs the last window, one curve per checkpoint epoch."""
     fig = Figure(figsize=(5.5, 3.6))
     ax = fig.subplots()
-    ds = [r["base"].analysis("deficits") for r in results.values() if r.get("base")]
-    ds = [d for d in ds if d]
+    ds = [d for r in results.values() if r.get("base") and (d := r["base"].analysis("deficits"))]
     if ds:
         for i, entry in enumerate(ds[0]["checkpoints"]):
             rows = [[100 * v for v in d["checkpoints"][i]["relative_accuracy"]] for d in ds]
@@ -103,8 +102,7 @@ def deficits_figure(results: Results, title: str) -> Figure:
 
 def blocks_figure(results: Results, title: str) -> Figure:
     """Fig. 3: per-block Fisher information at the end, normalised, averaged over seeds."""
-    per = [readings(r["base"])[-1][1].per_layer for r in results.values() if r.get("base") and r["base"].fisher()]
-    per = [p for p in per if p]
+    per = [p for r in results.values() if r.get("base") and (rd := readings(r["base"])) and (p := rd[-1][1].per_layer)]
     fig = Figure(figsize=(5, 3.8))
     ax = fig.subplots()
     if per:
