@@ -67,7 +67,7 @@ def exactness(dev) -> dict:
     import torch
 
     from spiketide.fisher import brute_force_fisher, temporal_fisher
-    from spiketide.fisher.reference import draw_uniforms, true_labels
+    from spiketide.fisher.measurement import draw_uniforms, true_labels
     from spiketide.losses import horizon_logits
     from spiketide.models import create
 

@@ -4,6 +4,7 @@ per-layer parts, state restoration and validation. Tiny float64 models; the plai
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import pytest
@@ -22,7 +23,8 @@ from spiketide.fisher import (
     information_centroid,
     temporal_fisher,
 )
-from spiketide.fisher.reference import draw_uniforms, true_labels
+from spiketide.fisher.measurement import draw_uniforms, true_labels
+from spiketide.fisher.profile import read_profiles
 from spiketide.losses import horizon_logits
 from spiketide.models import create
 from spiketide.neuron import lif_scan, spike
@@ -370,6 +372,13 @@ def test_profile_round_trip(conv_data):
     assert q.centroid == p.centroid and q.estimator == "empirical" and q.num_samples == 6
     assert set(q.per_layer) == set(p.per_layer)
     assert "per_layer" not in temporal_fisher(small_convnet(), x, y).to_dict()
+    # metrics lines read back as profiles, in epoch order; a block's centroid is Eq. 7 of its part (nan if absent)
+    nan = {"trace": [None] * len(d["trace"]), "centroid": None}
+    read = read_profiles([{"epoch": 5, "fisher": d}, {"epoch": 1}, {"epoch": 0, "fisher": nan}])
+    assert [e for e, _ in read] == [0, 5] and math.isnan(read[0][1].centroid) and read[1][1].centroid == p.centroid
+    block = next(iter(p.per_layer))
+    assert read[1][1].block_centroid(block) == information_centroid(p.per_layer[block])
+    assert math.isnan(read[1][1].block_centroid("no such block")) and math.isnan(read[0][1].block_centroid(block))
 
 
 # ----------------------------------------------------------------------------------------------

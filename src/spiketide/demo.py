@@ -8,9 +8,11 @@ t = 1 as the training loss approaches zero (the paper's TIC, Fig. 1, judged by t
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from spiketide import callbacks, plots
+from spiketide.fisher.profile import read_profiles
 from spiketide.fisher.tic import TIC_MARGIN, MissingValue, ic_levels, tic_score
 from spiketide.runs import RunDir, atomic_write_json
 from spiketide.config import TrainConfig
@@ -40,14 +42,15 @@ def demo_config(out: str = "runs/demo", epochs: int | None = None) -> TrainConfi
 def tic_summary(records: list[dict], epochs: int) -> dict:
     """IC at the start, its early-training and end-of-training levels, and the TIC rule's verdict (fisher.tic);
     whether I_1 is the largest at the end."""
-    fish = [(r["epoch"], r["fisher"]) for r in records if r.get("fisher")]
-    if not fish:
+    readings = read_profiles(records)
+    if not readings:
         return {}
-    end_epoch, end_trace = fish[-1][0], fish[-1][1]["trace"]
-    summary = {"end_epoch": end_epoch, "end_trace": end_trace,
-               "i1_largest_at_end": None not in end_trace and end_trace[0] == max(end_trace)}
+    end_epoch, end = readings[-1]
+    trace = end.trace.tolist()
+    summary = {"end_epoch": end_epoch, "end_trace": end.to_dict()["trace"],
+               "i1_largest_at_end": all(map(math.isfinite, trace)) and trace[0] == max(trace)}
     try:
-        levels = ic_levels([(e, f["centroid"]) for e, f in fish], len(end_trace), epochs)
+        levels = ic_levels([(e, p.centroid) for e, p in readings], end.timesteps, epochs)
     except MissingValue as exc:
         return {**summary, "tic": False, "tic_unmeasured": str(exc)}
     score = tic_score(levels)
@@ -72,17 +75,13 @@ def run_demo(out: str | None = None, epochs: int | None = None, progress: bool =
     print(f"spiketide demo: {config.model} on {config.subset} Fashion-MNIST images, T={config.timesteps}, "
           f"tau={config.tau}, {config.epochs} epochs; Fisher (Eq. 6) on {config.fisher_samples} training images "
           f"every {config.fisher_every} epochs -> {config.out}")
-    trainer = train(config, callbacks=callbacks.from_config(config))
-    run = trainer.run
+    run = train(config, callbacks=callbacks.from_config(config)).run
     records = run.read_metrics()
     figures = plots.plot_run(run.path)
-    summary = tic_summary(records, config.epochs)
-    summary["test_acc"] = records[-1]["test_acc"]
-    summary["train_loss"] = records[-1]["train_loss"]
-    summary["seconds"] = sum(r.get("seconds") or 0 for r in records)
+    summary = {**tic_summary(records, config.epochs), "test_acc": records[-1]["test_acc"],
+               "train_loss": records[-1]["train_loss"], "seconds": sum(r.get("seconds") or 0 for r in records)}
     atomic_write_json(run.path / "summary.json", summary)
-    print()
-    print(f"run directory: {run.path}")
+    print(f"\nrun directory: {run.path}")
     print(f"final: train loss {summary['train_loss']:.4f}, test accuracy {summary['test_acc']:.3f}")
     if "ic_start" in summary:
         print(f"information centroid (Eq. 7): {summary['ic_start']:.2f} at epoch 0 -> {summary['ic_early']:.2f} in the "

@@ -7,15 +7,21 @@ Fig. 2 (time-window deficits) and Fig. 7 (accuracy vs sparsity) are drawn from t
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from torch import Tensor
 
+from spiketide.fisher.profile import read_profiles
 from spiketide.fisher.tic import EARLY, END, TIC_MARGIN, MissingValue, ic_levels, tic_score
 from spiketide.runs import RunDir
 
-__all__ = ["fisher_records", "pick_epochs", "plot_fig1", "plot_fig3", "plot_deficits", "plot_pruning", "plot_run", "save"]
+__all__ = ["pick_epochs", "plot_fig1", "plot_fig3", "block_heatmap", "plot_deficits", "plot_pruning", "plot_run",
+           "save"]
 
 
 def save(fig: Figure, path_without_suffix: str | Path) -> list[Path]:
@@ -35,11 +41,6 @@ def save(fig: Figure, path_without_suffix: str | Path) -> list[Path]:
     return paths
 
 
-def fisher_records(records: list[dict]) -> list[dict]:
-    """The metrics lines that carry a Fisher measurement, in epoch order."""
-    return sorted((r for r in records if r.get("fisher")), key=lambda r: r["epoch"])
-
-
 def pick_epochs(epochs: list[int], k: int = 4) -> list[int]:
     """Up to k epochs spread from first to last (the paper shows four)."""
     if len(epochs) <= k:
@@ -50,40 +51,34 @@ def pick_epochs(epochs: list[int], k: int = 4) -> list[int]:
 
 def plot_fig1(records: list[dict], epochs: list[int] | None = None, title: str | None = None) -> Figure:
     """Fig. 1: left, information centroid (Eq. 7) across epochs; right, I_t (Eq. 6) vs t at chosen epochs."""
-    recs = fisher_records(records)
-    all_epochs = [r["epoch"] for r in recs]
-    by_epoch = {r["epoch"]: r["fisher"] for r in recs}
+    readings = read_profiles(records)
+    all_epochs = [e for e, _ in readings]
+    by_epoch = dict(readings)
     if not epochs:  # start, the centroid's peak, and the epochs after it where concentration happens
-        peak = max(all_epochs, key=lambda e: by_epoch[e]["centroid"] or 0)
+        peak = max(all_epochs, key=lambda e: np.nan_to_num(by_epoch[e].centroid))  # nan: no centroid
         after = [e for e in all_epochs if e > peak]
         epochs = sorted({all_epochs[0], peak, after[len(after) // 2], after[-1]}) if after else pick_epochs(all_epochs)
-    shown = epochs
     fig = Figure(figsize=(10, 3.6))
     ax_ic, ax_t = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
-    ics = [by_epoch[e]["centroid"] for e in all_epochs]
-    ax_ic.plot(all_epochs, ics, "o-", color="black", lw=1.5, ms=4)
-    colors = [f"C{i}" for i in range(len(shown))]
-    for e, c in zip(shown, colors):
-        ax_ic.plot([e], [by_epoch[e]["centroid"]], "o", color=c, ms=8, zorder=3)
-    tic = _mark_tic_levels(ax_ic, [(e, by_epoch[e]["centroid"]) for e in all_epochs],
-                           len(recs[-1]["fisher"]["trace"]) if recs else 0, records[-1]["epoch"] if records else 0)
-    ax_ic.set_xlabel("epoch")
-    ax_ic.set_ylabel("information centroid (Eq. 7)")
+    ax_ic.plot(all_epochs, [by_epoch[e].centroid for e in all_epochs], "o-", color="black", lw=1.5, ms=4)
+    colors = [f"C{i}" for i in range(len(epochs))]
+    for e, c in zip(epochs, colors):
+        ax_ic.plot([e], [by_epoch[e].centroid], "o", color=c, ms=8, zorder=3)
+    tic = _mark_tic_levels(ax_ic, [(e, by_epoch[e].centroid) for e in all_epochs],
+                           readings[-1][1].timesteps if readings else 0, records[-1]["epoch"] if records else 0)
+    ax_ic.set(xlabel="epoch", ylabel="information centroid (Eq. 7)")
     ax_ic.grid(alpha=0.3)
-    for e, c in zip(shown, colors):
-        f = by_epoch[e]
-        trace = np.asarray(f["trace"], dtype=float)
-        t = np.arange(1, len(trace) + 1)
-        err = np.asarray(f.get("stderr") or np.zeros_like(trace), dtype=float)
-        ax_t.errorbar(t, trace, yerr=err, fmt="o-", color=c, capsize=3, lw=1.5, ms=4, label=f"epoch {e}")
-        if f.get("centroid") is not None:  # None when the trace is all zero
-            ax_t.axvline(f["centroid"], color=c, ls=":", lw=1.2)
-    ax_t.set_xlabel("timestep t")
-    ax_t.set_ylabel(r"Fisher information $I_t$ (Eq. 6)")
-    ax_t.set_xticks(t)
+    for e, c in zip(epochs, colors):
+        p = by_epoch[e]
+        t = np.arange(1, p.timesteps + 1)
+        ax_t.errorbar(t, p.trace.numpy(), yerr=p.stderr.numpy(), fmt="o-", color=c, capsize=3, lw=1.5, ms=4,
+                      label=f"epoch {e}")
+        if math.isfinite(p.centroid):  # nan when the trace is all zero
+            ax_t.axvline(p.centroid, color=c, ls=":", lw=1.2)
+    ax_t.set(xlabel="timestep t", ylabel=r"Fisher information $I_t$ (Eq. 6)", xticks=t)
     ax_t.legend(frameon=False, fontsize=8)
     ax_t.grid(alpha=0.3)
-    est = recs[0]["fisher"].get("estimator", "") if recs else ""
+    est = readings[0][1].estimator if readings else ""
     fig.suptitle(title or f"Temporal information dynamics ({est} Fisher; dotted: centroid; {tic})", fontsize=10)
     fig.tight_layout()
     return fig
@@ -103,28 +98,33 @@ def _mark_tic_levels(ax, series: list[tuple[int, float | None]], timesteps: int,
 
 def plot_fig3(records: list[dict], epochs: list[int] | None = None) -> Figure | None:
     """Fig. 3: per-block Fisher information / max over blocks, heatmap of block x timestep per epoch."""
-    recs = [r for r in fisher_records(records) if r["fisher"].get("per_layer")]
-    if not recs:
+    by_epoch = {e: p.per_layer for e, p in read_profiles(records) if p.per_layer}
+    if not by_epoch:
         return None
-    by_epoch = {r["epoch"]: r["fisher"]["per_layer"] for r in recs}
     shown = epochs or pick_epochs(list(by_epoch), 3)
     fig = Figure(figsize=(3.6 * len(shown) + 0.8, 3.8))
     axes = np.atleast_1d(fig.subplots(1, len(shown), sharey=True))
     im = None
     for ax, e in zip(axes, shown):
-        per = by_epoch[e]
-        names = list(per)
-        m = np.array([per[n] for n in names], dtype=float)
-        m = m / max(m.max(), 1e-30)  # normalised over all blocks and timesteps, as in the paper
-        im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="upper")
+        im = block_heatmap(ax, [by_epoch[e]])
         ax.set_title(f"epoch {e}", fontsize=9)
-        ax.set_xticks(range(m.shape[1]), [str(t + 1) for t in range(m.shape[1])])
-        ax.set_xlabel("timestep t")
-        ax.set_yticks(range(len(names)), names, fontsize=7)
     axes[0].set_ylabel("block")
     fig.colorbar(im, ax=list(axes), shrink=0.9, label="normalised Fisher information")
     fig.suptitle("Per-block temporal Fisher information (Fig. 3)", fontsize=10)
     return fig
+
+
+def block_heatmap(ax, parts: list[dict[str, Tensor]]) -> AxesImage:
+    """Block x timestep image of per-block Fisher information (`FisherProfile.per_layer`): each of `parts`
+    normalised over all its blocks and timesteps, as in the paper, then averaged over them."""
+    names = list(parts[0])
+    blocks = [torch.stack([p[n] for n in names]).numpy() for p in parts]
+    m = np.mean([b / max(b.max(), 1e-30) for b in blocks], axis=0)
+    im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(m.shape[1]), [str(t + 1) for t in range(m.shape[1])])
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("timestep t")
+    return im
 
 
 def plot_deficits(result: dict) -> Figure:
@@ -135,9 +135,7 @@ def plot_deficits(result: dict) -> Figure:
         ax.plot(entry["window_starts"], [100 * v for v in entry["relative_accuracy"]], "o-", color=f"C{i}",
                 label=f"epoch {entry['epoch']}")
     ax.axhline(0, color="gray", lw=0.8)
-    w = result["window"]
-    ax.set_xlabel(f"noise window start t (window [t, t+{w - 1}])")
-    ax.set_ylabel("relative accuracy (points)")
+    ax.set(xlabel=f"noise window start t (window [t, t+{result['window'] - 1}])", ylabel="relative accuracy (points)")
     ax.set_title("Time-window deficits (Fig. 2)", fontsize=10)
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
@@ -152,8 +150,7 @@ def plot_pruning(result: dict) -> Figure:
     for i, (t_retrain, curve) in enumerate(sorted(result["curves"].items(), key=lambda kv: int(kv[0]))):
         ax.plot([100 * s for s in curve["sparsity"]], [100 * a for a in curve["test_acc"]], "o-", color=f"C{i}",
                 label=f"$T_{{retrain}}$ = {t_retrain}")
-    ax.set_xlabel("sparsity (%)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set(xlabel="sparsity (%)", ylabel="test accuracy (%)")
     ax.set_title(f"Iterative pruning, trained with T = {result['T']} (Fig. 7)", fontsize=10)
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
@@ -167,9 +164,8 @@ def plot_run(run_path: str | Path) -> list[Path]:
     run.read_config()  # a clear error when this is not a run directory
     records = run.read_metrics()
     paths: list[Path] = []
-    if fisher_records(records):
+    if read_profiles(records):
         paths += save(plot_fig1(records), run.figures / "fig1_temporal_fisher")
-        fig3 = plot_fig3(records)
-        if fig3 is not None:
+        if (fig3 := plot_fig3(records)) is not None:
             paths += save(fig3, run.figures / "fig3_per_block_fisher")
     return paths

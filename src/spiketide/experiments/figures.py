@@ -11,9 +11,10 @@ from collections.abc import Callable
 import numpy as np
 from matplotlib.figure import Figure
 
+from spiketide.experiments.statistics import readings
 from spiketide.experiments.trials import RunResult
 from spiketide.fisher.tic import EARLY, END
-from spiketide.plots import pick_epochs
+from spiketide.plots import block_heatmap, pick_epochs
 
 __all__ = ["FIGURES"]
 
@@ -59,19 +60,18 @@ def ic_figure(results: Results, title: str) -> Figure:
     ax_ic, ax_t = fig.subplots(1, 2)
     labels = _labels(results)
     for i, label in enumerate(labels):
-        runs = [r[label] for r in results.values() if r.get(label) and r[label].fisher()]
-        if not runs:
+        read = [rd for r in results.values() if r.get(label) and (rd := readings(r[label]))]
+        if not read:
             continue
-        epochs = [e for e, _ in runs[0].fisher()]
-        _band(ax_ic, np.array(epochs, dtype=float), [[f["centroid"] for _, f in r.fisher()] for r in runs], label,
-              f"C{i}")
+        epochs = [e for e, _ in read[0]]
+        _band(ax_ic, np.array(epochs, dtype=float), [[p.centroid for _, p in rd] for rd in read], label, f"C{i}")
         if len(labels) == 1:
             for j, e in enumerate(pick_epochs(epochs)):
-                rows = [f["trace"] for r in runs for ep, f in r.fisher() if ep == e]
+                rows = [p.trace.tolist() for rd in read for ep, p in rd if ep == e]
                 _band(ax_t, np.arange(1, len(rows[0]) + 1, dtype=float), rows, f"epoch {e}", f"C{j + 1}")
             ax_t.set(ylabel=r"Fisher information $I_t$ (Eq. 6)")
         else:
-            ends = [np.asarray(r.fisher()[-1][1]["trace"], dtype=float) for r in runs]
+            ends = [rd[-1][1].trace.numpy() for rd in read]
             _band(ax_t, np.arange(1, len(ends[0]) + 1), [list(e / max(e.sum(), 1e-30)) for e in ends], label, f"C{i}")
             ax_t.set(ylabel=r"$I_t / \sum_t I_t$ at the end")
     done = [r[label] for r in results.values() for label in labels if r.get(label) and r[label].trained]
@@ -90,8 +90,7 @@ def deficits_figure(results: Results, title: str) -> Figure:
     """Fig. 2: relative accuracy with noise in [t, t+w-1] vs the last window, one curve per checkpoint epoch."""
     fig = Figure(figsize=(5.5, 3.6))
     ax = fig.subplots()
-    ds = [r["base"].analysis("deficits") for r in results.values() if r.get("base")]
-    ds = [d for d in ds if d]
+    ds = [d for r in results.values() if r.get("base") and (d := r["base"].analysis("deficits"))]
     if ds:
         for i, entry in enumerate(ds[0]["checkpoints"]):
             rows = [[100 * v for v in d["checkpoints"][i]["relative_accuracy"]] for d in ds]
@@ -103,18 +102,11 @@ def deficits_figure(results: Results, title: str) -> Figure:
 
 def blocks_figure(results: Results, title: str) -> Figure:
     """Fig. 3: per-block Fisher information at the end, normalised, averaged over seeds."""
-    per = [r["base"].fisher()[-1][1].get("per_layer") for r in results.values() if r.get("base") and r["base"].fisher()]
-    per = [p for p in per if p]
+    per = [p for r in results.values() if r.get("base") and (rd := readings(r["base"])) and (p := rd[-1][1].per_layer)]
     fig = Figure(figsize=(5, 3.8))
     ax = fig.subplots()
     if per:
-        names = list(per[0])
-        m = np.mean([np.array([p[n] for n in names], dtype=float) / max(np.max([p[n] for n in names]), 1e-30)
-                     for p in per], axis=0)
-        im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-        ax.set_xticks(range(m.shape[1]), [str(t + 1) for t in range(m.shape[1])])
-        ax.set_yticks(range(len(names)), names, fontsize=7)
-        fig.colorbar(im, ax=ax, label="normalised Fisher information")
+        fig.colorbar(block_heatmap(ax, per), ax=ax, label="normalised Fisher information")
     ax.set(xlabel="timestep t", ylabel="block")
     ax.set_title(f"{title} (end of training, mean of {len(per)} seeds)", fontsize=9)
     fig.tight_layout()
@@ -130,7 +122,7 @@ def alpha_figure(results: Results, title: str) -> Figure:
         if not runs:
             continue
         if runs[0].fisher():
-            tr = [r.fisher()[-1][1]["trace"] for r in runs]
+            tr = [readings(r)[-1][1].trace.tolist() for r in runs]
             _band(axes[0], np.arange(1, len(tr[0]) + 1), tr, label, f"C{i}")
         hl = [r.metrics[-1]["horizon_loss"] for r in runs]
         _band(axes[1], np.arange(1, len(hl[0]) + 1), hl, label, f"C{i}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from spiketide.data import DATASETS
 from spiketide.experiments.trials import RunResult
 from spiketide.experiments.verdicts import Claim, Verdict, judge
-from spiketide.fisher.profile import information_centroid
+from spiketide.fisher.profile import FisherProfile
 from spiketide.fisher.tic import EARLY, END, ICLevels, MissingValue, ic_levels, ic_rise, tic_score, window_mean
 
 Runs = Mapping[str, RunResult | None]
@@ -58,22 +58,18 @@ def analysis(r: RunResult, name: str) -> dict:
 
 def _usable(trace) -> list | None:
     """The trace I_1..I_T when every value is finite and the sum positive, else None (a missing reading)."""
-    ok = trace and all(v is not None and math.isfinite(v) for v in trace) and sum(trace) > 0
+    ok = trace and all(map(math.isfinite, trace)) and sum(trace) > 0
     return trace if ok else None
 
 
-def _centroid(trace) -> float | None:
-    return information_centroid(trace) if _usable(trace) else None
+def readings(r: RunResult) -> list[tuple[int, FisherProfile]]:
+    """(epoch, Fisher profile) of every reading of a finished run, read back from its metrics lines."""
+    return [(e, FisherProfile.from_dict(f)) for e, f in r.fisher()]
 
 
-def ic_series(r: RunResult, block: str | None = None) -> list[tuple[int, float | None]]:
-    """(epoch, IC) at every Fisher reading, None where it is missing; of one block when `block` is given."""
-    out = []
-    for e, f in r.fisher():
-        if block is None:
-            out.append((e, f.get("centroid")))
-        else:
-            out.append((e, _centroid((f.get("per_layer") or {}).get(block))))
+def ic_series(r: RunResult, block: str | None = None) -> list[tuple[int, float]]:
+    """(epoch, IC) at every Fisher reading, nan where it is missing; of one block when `block` is given."""
+    out = [(e, p.centroid if block is None else p.block_centroid(block)) for e, p in readings(r)]
     if not out:
         raise MissingValue("no Fisher information was measured")
     return out
@@ -85,14 +81,14 @@ def levels(r: RunResult, block: str | None = None, end: bool = True) -> ICLevels
 
 def trace_at_end(r: RunResult) -> list[float]:
     """I_1..I_T at the last epoch (the last reading must be at the end of training)."""
-    e, f = (r.fisher() or [(None, None)])[-1]
+    e, p = (readings(r) or [(None, None)])[-1]
     if e != r.config["epochs"]:
         raise MissingValue(f"no Fisher reading at the last epoch ({r.config['epochs']})")
-    return [_finite(v, f"I_{t + 1} at epoch {e}") for t, v in enumerate(f.get("trace") or [None])]
+    return [_finite(v, f"I_{t + 1} at epoch {e}") for t, v in enumerate(p.trace.tolist() or [None])]
 
 
 def _share_series(r: RunResult, t: int) -> list[tuple[int, float | None]]:
-    return [(e, tr[t] / sum(tr) if (tr := _usable(f.get("trace"))) else None) for e, f in r.fisher()]
+    return [(e, tr[t] / sum(tr) if (tr := _usable(p.trace.tolist())) else None) for e, p in readings(r)]
 
 
 def _norm(r: RunResult) -> int:
@@ -171,7 +167,7 @@ def log_fisher_end(label: str) -> Statistic:
     """Mean over the end window of log sum_t I_t."""
     def stat(runs):
         r = run(runs, label)
-        series = [(e, math.log(sum(tr)) if (tr := _usable(f.get("trace"))) else None) for e, f in r.fisher()]
+        series = [(e, math.log(sum(tr)) if (tr := _usable(p.trace.tolist())) else None) for e, p in readings(r)]
         return window_mean(series, r.config["epochs"], *END, what="log sum I_t", include_lo=True)
     return stat
 

@@ -142,11 +142,16 @@ def _add(e: Experiment) -> None:
     EXPERIMENTS[e.name] = e
 
 
-def _tic_rule(label: str, text: str, paper: str) -> ClaimSpec:
-    """The one TIC rule (fisher.tic) on one run, testable only when the run fits its training set."""
-    return ClaimSpec(Claim(f"tic-{label}", text, paper, "(IC_end − min(IC_start, IC_early)) / (T − 1)", "<0",
-                           margin=TIC_MARGIN),
-                     st.tic(label), (st.fits(label), st.fisher_tracked(label)))
+_FIT = lambda label: (st.fits(label), st.fisher_tracked(label))  # noqa: E731
+
+
+def _tic_rule(label: str, text: str, paper: str, block: str | None = None) -> ClaimSpec:
+    """The one TIC rule (fisher.tic) on one run, or on one `block` of it, testable only when the run fits its
+    training set."""
+    of = " of the block" if block else ""
+    return ClaimSpec(Claim(f"tic-{block or label}", text, paper,
+                           f"(IC_end − min(IC_start, IC_early)) / (T − 1){of}", "<0", margin=TIC_MARGIN),
+                     st.block_tic(label, block) if block else st.tic(label), _FIT(label))
 
 
 def _base_label(runs: dict[str, dict], key: str, scale: str) -> str | None:
@@ -158,9 +163,6 @@ def _base_label(runs: dict[str, dict], key: str, scale: str) -> str | None:
 def _blocks(scale: str) -> tuple[str, ...]:
     """The base model's blocks, stem and classifier excluded (Fig. 3 is drawn over residual blocks)."""
     return tuple(b for b in models.block_names(base_config(scale)["model"]) if b not in ("stem", "fc"))
-
-
-_FIT = lambda label: (st.fits(label), st.fisher_tracked(label))  # noqa: E731
 
 
 def _fig1(scale: str) -> tuple[ClaimSpec, ...]:
@@ -215,11 +217,8 @@ def _fig3(scale: str) -> tuple[ClaimSpec, ...]:
                           "the latter and early timesteps", "(IC(first block) − IC(last block)) at the end / (T − 1)",
                           ">0"),
                     st.block_gap("base", blocks[0], blocks[-1]), _FIT("base"))
-    each = tuple(ClaimSpec(Claim(f"tic-{b}", f"Block {b} follows TIC (the TIC rule on its own Fisher information)",
-                                 "the overall trend of temporal information dynamics in each layer follows the TIC "
-                                 "trend", "(IC_end − min(IC_start, IC_early)) / (T − 1) of the block", "<0",
-                                 margin=TIC_MARGIN),
-                           st.block_tic("base", b), _FIT("base"))
+    each = tuple(_tic_rule("base", f"Block {b} follows TIC (the TIC rule on its own Fisher information)",
+                           "the overall trend of temporal information dynamics in each layer follows the TIC trend", b)
                  for b in blocks)
     return (gap,) + each
 
@@ -252,50 +251,42 @@ def _ablation(name: str, title: str, what: str, runs: Callable[[str], dict[str, 
     _add(Experiment(name, title, runs=runs, figure="ic", claims=claims))
 
 
-_ablation(
-    "fig4-timesteps", "Fig. 4(a): TIC for several T", "T",
-    lambda scale: {f"T={t}": {"timesteps": t} for t in _values(scale, "timesteps")},
-    lambda scale, labels: (
-        ClaimSpec(Claim("longer-T-later", "A longer T starts the IC transition later (smoothed IC peaks later)",
-                        "a longer timestep starts late IC transition from high to low",
-                        "epoch of the smoothed IC peak / epochs: longest T − shortest T", ">0"),
-                  st.diff(st.transition(labels[-1]), st.transition(labels[0])),
-                  (st.fisher_tracked(labels[-1]), st.fisher_tracked(labels[0]))),),
-    same_accuracy="timesteps")
+def _sweep(name: str, title: str, what: str, key: str, label: str,
+           extra: Callable[[str, list[str]], tuple[ClaimSpec, ...]]) -> None:
+    """A Fig. 4 panel over the scale's values of option `key`, each run labelled `label.format(value)`, with
+    each value's accuracy against the default's."""
+    runs = lambda scale: {label.format(v): {key: v} for v in _values(scale, key)}  # noqa: E731
+    _ablation(name, title, what, runs, extra, same_accuracy=key)
 
-_ablation(
-    "fig4-tau", "Fig. 4(b): TIC for tau = 0.75, 2, 4", "tau",
-    lambda scale: {f"tau={t}": {"tau": t} for t in _values(scale, "tau")},
-    lambda scale, labels: (
-        ClaimSpec(Claim("high-tau-higher-ic", "tau = 4 has a higher IC mid-training than tau = 2",
-                        "the higher time constant (tau = 4) shows relatively higher IC compared to the others",
-                        "(IC(tau=4) − IC(tau=2)) over the middle third of training / (T − 1)", ">0"),
-                  st.diff(st.ic_mid("tau=4.0"), st.ic_mid("tau=2.0")),
-                  (st.fisher_tracked("tau=4.0"), st.fisher_tracked("tau=2.0"))),),
-    same_accuracy="tau")
 
-_ablation(
-    "fig4-weight-decay", "Fig. 4(c): TIC for several weight decays", "weight decay",
-    lambda scale: {f"wd={w:g}": {"weight_decay": w} for w in _values(scale, "weight_decay")},
-    lambda scale, labels: (
-        ClaimSpec(Claim("wd-no-change", "Weight decay does not change where information ends up (IC at the end "
-                        "within a tenth of its range)",
-                        "weight decay does not make significant change on the temporal concentration behavior",
-                        "(IC_end(wd=5e-4) − IC_end(wd=0)) / (T − 1)", "~0", margin=TIC_MARGIN),
-                  st.diff(st.ic_end("wd=0.0005"), st.ic_end("wd=0")), _FIT("wd=0.0005") + _FIT("wd=0")),),
-    same_accuracy="weight_decay")
+_sweep("fig4-timesteps", "Fig. 4(a): TIC for several T", "T", "timesteps", "T={}", lambda scale, labels: (
+    ClaimSpec(Claim("longer-T-later", "A longer T starts the IC transition later (smoothed IC peaks later)",
+                    "a longer timestep starts late IC transition from high to low",
+                    "epoch of the smoothed IC peak / epochs: longest T − shortest T", ">0"),
+              st.diff(st.transition(labels[-1]), st.transition(labels[0])),
+              (st.fisher_tracked(labels[-1]), st.fisher_tracked(labels[0]))),))
 
-_ablation(
-    "fig4-lr", "Fig. 4(d): TIC for four learning rates", "lr",
-    lambda scale: {f"lr={v:g}": {"lr": v}
-                   for v in _values(scale, "lr")},
-    lambda scale, labels: (
-        ClaimSpec(Claim("low-lr-later", "A lower learning rate starts the IC transition later",
-                        "a lower lr shows late IC transition from late timesteps to early timesteps",
-                        "epoch of the smoothed IC peak / epochs: lowest lr − default lr", ">0"),
-                  st.diff(st.transition(labels[0]), st.transition(f"lr={base_config(scale)['lr']:g}")),
-                  (st.fisher_tracked(labels[0]), st.fisher_tracked(f"lr={base_config(scale)['lr']:g}"))),),
-    same_accuracy="lr")
+_sweep("fig4-tau", "Fig. 4(b): TIC for tau = 0.75, 2, 4", "tau", "tau", "tau={}", lambda scale, labels: (
+    ClaimSpec(Claim("high-tau-higher-ic", "tau = 4 has a higher IC mid-training than tau = 2",
+                    "the higher time constant (tau = 4) shows relatively higher IC compared to the others",
+                    "(IC(tau=4) − IC(tau=2)) over the middle third of training / (T − 1)", ">0"),
+              st.diff(st.ic_mid("tau=4.0"), st.ic_mid("tau=2.0")),
+              (st.fisher_tracked("tau=4.0"), st.fisher_tracked("tau=2.0"))),))
+
+_sweep("fig4-weight-decay", "Fig. 4(c): TIC for several weight decays", "weight decay", "weight_decay", "wd={:g}",
+       lambda scale, labels: (
+           ClaimSpec(Claim("wd-no-change", "Weight decay does not change where information ends up (IC at the end "
+                           "within a tenth of its range)",
+                           "weight decay does not make significant change on the temporal concentration behavior",
+                           "(IC_end(wd=5e-4) − IC_end(wd=0)) / (T − 1)", "~0", margin=TIC_MARGIN),
+                     st.diff(st.ic_end("wd=0.0005"), st.ic_end("wd=0")), _FIT("wd=0.0005") + _FIT("wd=0")),))
+
+_sweep("fig4-lr", "Fig. 4(d): TIC for four learning rates", "lr", "lr", "lr={:g}", lambda scale, labels: (
+    ClaimSpec(Claim("low-lr-later", "A lower learning rate starts the IC transition later",
+                    "a lower lr shows late IC transition from late timesteps to early timesteps",
+                    "epoch of the smoothed IC peak / epochs: lowest lr − default lr", ">0"),
+              st.diff(st.transition(labels[0]), st.transition(f"lr={base_config(scale)['lr']:g}")),
+              (st.fisher_tracked(labels[0]), st.fisher_tracked(f"lr={base_config(scale)['lr']:g}"))),))
 
 # scikit-learn's digits (the second offline dataset) has 450 test images: all of them are used.
 _DATASET_OVERRIDES = {"digits": {"test_subset": None}}

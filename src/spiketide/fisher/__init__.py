@@ -10,7 +10,8 @@ trainable parameters theta:
 
 `cumulative_share` and `horizon_for_share` say how much of it the first t timesteps hold. Modules: `profile`
 (result, Eq. 7) · `tic` (temporal information concentration: the one rule, read from IC at fixed fractions of
-training) · `reference` (the definition written plainly: brute force, the authors' estimator) · `rules`
+training) · `reference` (the definition written plainly: brute force, the authors' estimator) · `measurement`
+(what the estimators share: checks, eval-mode context, parameter groups, labels, squared norms) · `rules`
 (per-sample gradient rules per layer type) · `engine` (hooks: all T horizons from one forward pass).
 """
 
@@ -19,11 +20,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from spiketide.errors import ConfigError
 from spiketide.fisher.engine import per_sample_fisher
+from spiketide.fisher.measurement import check_arguments
 from spiketide.fisher.profile import (ESTIMATORS, FisherProfile, cumulative_share, horizon_for_share,
                                       information_centroid)
-from spiketide.fisher.reference import batch_fisher, brute_force_fisher, check_arguments
+from spiketide.fisher.reference import batch_fisher, brute_force_fisher
 
 __all__ = ["ESTIMATORS", "FisherProfile", "temporal_fisher", "brute_force_fisher", "information_centroid",
            "cumulative_share", "horizon_for_share"]
@@ -59,19 +60,8 @@ def temporal_fisher(model: nn.Module, inputs: Tensor, targets: Tensor, *, estima
     per-sample gradients cannot be rebuilt from hooks (`engine`).
     """
     inputs, targets = check_arguments(model, inputs, targets, estimator, batch_size)
-    _check_finite_model(model)
     if estimator == "batch":
         return batch_fisher(model, inputs, targets, per_layer=per_layer, batch_size=int(batch_size), device=device,
                             progress=progress)
     return per_sample_fisher(model, inputs, targets, estimator=estimator, per_layer=per_layer,
                              batch_size=int(batch_size), seed=seed, device=device, progress=progress)
-
-
-def _check_finite_model(model: nn.Module) -> None:
-    """A NaN or inf weight (or BatchNorm statistic) makes every gradient NaN: refuse it rather than return a
-    NaN profile."""
-    tensors = [*model.named_parameters(), *((n, b) for n, b in model.named_buffers() if b.is_floating_point())]
-    for name, t in tensors:
-        if not bool(torch.isfinite(t.detach()).all()):
-            raise ConfigError(f"the model's {name} holds NaN or inf, so its Fisher information is undefined; load "
-                              "weights saved before the values went bad (e.g. the last good checkpoint)")

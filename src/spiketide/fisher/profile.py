@@ -1,11 +1,11 @@
-"""The result of a measurement, and what a trace I_1..I_T says: its centroid (Eq. 7) and the cumulative share
-of the information reached by each horizon. (Below `reference` and `engine`, which build profiles.)"""
+"""The result of a measurement, written as `to_dict()` and read back (`read_profiles`), and what a trace I_1..I_T
+says: its centroid (Eq. 7, computed here only) and the share of the information reached by each horizon."""
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,7 @@ from spiketide.config import ESTIMATORS
 from spiketide.errors import ConfigError
 
 __all__ = ["ESTIMATORS", "FisherProfile", "information_centroid", "cumulative_share", "horizon_for_share",
-           "summarize"]
+           "summarize", "read_profiles"]
 
 
 
@@ -87,32 +87,28 @@ class FisherProfile:
     def timesteps(self) -> int:
         return int(self.trace.numel())
 
+    def block_centroid(self, block: str) -> float:
+        """Eq. 7 of one block's (or module's) part of the trace; nan when that part was not measured."""
+        part = (self.per_layer or {}).get(block)
+        return information_centroid(part) if part is not None and part.numel() else math.nan
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (nan -> None); `per_layer` only when it was measured."""
-        d: dict[str, Any] = {
-            "trace": _floats(self.trace),
-            "stderr": _floats(self.stderr),
-            "centroid": float(self.centroid) if math.isfinite(self.centroid) else None,
-            "estimator": self.estimator,
-            "num_samples": int(self.num_samples),
-        }
+        d: dict[str, Any] = {"trace": _floats(self.trace), "stderr": _floats(self.stderr),
+                             "centroid": float(self.centroid) if math.isfinite(self.centroid) else None,
+                             "estimator": self.estimator, "num_samples": int(self.num_samples)}
         if self.per_layer is not None:
             d["per_layer"] = {k: _floats(v) for k, v in self.per_layer.items()}
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FisherProfile:
-        trace = _tensor(d["trace"])
-        c = d.get("centroid")
-        per = d.get("per_layer")
-        return cls(
-            trace=trace,
-            stderr=_tensor(d.get("stderr") or [None] * len(trace)),
-            centroid=float(c) if c is not None else (information_centroid(trace) if trace.numel() else float("nan")),
-            per_layer=None if per is None else {k: _tensor(v) for k, v in per.items()},
-            estimator=str(d.get("estimator", "empirical")),
-            num_samples=int(d.get("num_samples", 0)),
-        )
+    def from_dict(cls, d: Mapping[str, Any]) -> FisherProfile:
+        """The profile `to_dict` wrote (null -> nan); a missing centroid is computed, a missing stderr is nan."""
+        trace, c, per = _tensor(d["trace"]), d.get("centroid"), d.get("per_layer")
+        return cls(trace=trace, stderr=_tensor(d.get("stderr") or [None] * len(trace)),
+                   centroid=float(c) if c is not None else information_centroid(trace) if trace.numel() else math.nan,
+                   per_layer=None if per is None else {k: _tensor(v) for k, v in per.items()},
+                   estimator=str(d.get("estimator", "empirical")), num_samples=int(d.get("num_samples", 0)))
 
 
 def summarize(per_sample: Tensor, groups: Sequence[str], per_layer: bool, estimator: str,
@@ -127,3 +123,10 @@ def summarize(per_sample: Tensor, groups: Sequence[str], per_layer: bool, estima
     parts = {g: per_sample[i].mean(0) for i, g in enumerate(groups)} if per_layer else None
     return FisherProfile(trace=trace, stderr=stderr, centroid=information_centroid(trace), per_layer=parts,
                          estimator=estimator, num_samples=n if num_samples is None else num_samples)
+
+
+def read_profiles(records: Iterable[Mapping[str, Any]]) -> list[tuple[int, FisherProfile]]:
+    """(epoch, profile) of every metrics line that carries a Fisher measurement (its "fisher" object, as
+    `to_dict` wrote it), in epoch order: how a written profile is read back."""
+    fisher = sorted((r for r in records if r.get("fisher")), key=lambda r: r["epoch"])
+    return [(r["epoch"], FisherProfile.from_dict(r["fisher"])) for r in fisher]
