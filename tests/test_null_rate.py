@@ -43,7 +43,7 @@ def simulation():
             false_in_family |= a.holm == "holds"
         family_false += false_in_family
         # the rule this suite had before: IC_peak - IC_init > 0, where the peak includes the initial reading
-        ics = [[f["centroid"] for _, f in world["fig1"][s]["base"].fisher()] for s in range(3)]
+        ics = [[p.centroid for _, p in world["fig1"][s]["base"].fisher()] for s in range(3)]
         old = judge(Claim("old", "", "", "IC_peak - IC_init", ">0"), [max(ic) - ic[0] for ic in ics])
         old_rise_holds += old.verdict == "holds"
     return dict(holds=holds, decisive=decisive, family_false=family_false, equivalence=equivalence,

@@ -11,7 +11,6 @@ from collections.abc import Callable
 import numpy as np
 from matplotlib.figure import Figure
 
-from spiketide.experiments.statistics import readings
 from spiketide.experiments.trials import RunResult
 from spiketide.fisher.tic import EARLY, END
 from spiketide.plots import block_heatmap, pick_epochs
@@ -60,7 +59,7 @@ def ic_figure(results: Results, title: str) -> Figure:
     ax_ic, ax_t = fig.subplots(1, 2)
     labels = _labels(results)
     for i, label in enumerate(labels):
-        read = [rd for r in results.values() if r.get(label) and (rd := readings(r[label]))]
+        read = [rd for r in results.values() if r.get(label) and (rd := r[label].fisher())]
         if not read:
             continue
         epochs = [e for e, _ in read[0]]
@@ -102,7 +101,7 @@ def deficits_figure(results: Results, title: str) -> Figure:
 
 def blocks_figure(results: Results, title: str) -> Figure:
     """Fig. 3: per-block Fisher information at the end, normalised, averaged over seeds."""
-    per = [p for r in results.values() if r.get("base") and (rd := readings(r["base"])) and (p := rd[-1][1].per_layer)]
+    per = [p for r in results.values() if r.get("base") and (rd := r["base"].fisher()) and (p := rd[-1][1].per_layer)]
     fig = Figure(figsize=(5, 3.8))
     ax = fig.subplots()
     if per:
@@ -122,7 +121,7 @@ def alpha_figure(results: Results, title: str) -> Figure:
         if not runs:
             continue
         if runs[0].fisher():
-            tr = [readings(r)[-1][1].trace.tolist() for r in runs]
+            tr = [r.fisher()[-1][1].trace.tolist() for r in runs]
             _band(axes[0], np.arange(1, len(tr[0]) + 1), tr, label, f"C{i}")
         hl = [r.metrics[-1]["horizon_loss"] for r in runs]
         _band(axes[1], np.arange(1, len(hl[0]) + 1), hl, label, f"C{i}")

@@ -23,12 +23,12 @@ from typing import Any
 from torch import nn
 
 from spiketide import data, evaluation, plots, pruning
+from spiketide.checkpoints import load_model, select_device
 from spiketide.checks import is_whole, whole
+from spiketide.config import TrainConfig
 from spiketide.errors import CheckpointError, ConfigError
 from spiketide.fisher import cumulative_share, temporal_fisher
 from spiketide.runs import RunDir, atomic_write_json, atomic_write_text, load_checkpoint
-from spiketide.checkpoints import load_model, select_device
-from spiketide.config import TrainConfig
 from spiketide.train import Trainer
 
 __all__ = ["iterative_prune"]

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from spiketide.data import DATASETS
 from spiketide.experiments.trials import RunResult
 from spiketide.experiments.verdicts import Claim, Verdict, judge
-from spiketide.fisher.profile import FisherProfile
 from spiketide.fisher.tic import EARLY, END, ICLevels, MissingValue, ic_levels, ic_rise, tic_score, window_mean
 
 Runs = Mapping[str, RunResult | None]
@@ -62,14 +61,9 @@ def _usable(trace) -> list | None:
     return trace if ok else None
 
 
-def readings(r: RunResult) -> list[tuple[int, FisherProfile]]:
-    """(epoch, Fisher profile) of every reading of a finished run, read back from its metrics lines."""
-    return [(e, FisherProfile.from_dict(f)) for e, f in r.fisher()]
-
-
 def ic_series(r: RunResult, block: str | None = None) -> list[tuple[int, float]]:
     """(epoch, IC) at every Fisher reading, nan where it is missing; of one block when `block` is given."""
-    out = [(e, p.centroid if block is None else p.block_centroid(block)) for e, p in readings(r)]
+    out = [(e, p.centroid if block is None else p.block_centroid(block)) for e, p in r.fisher()]
     if not out:
         raise MissingValue("no Fisher information was measured")
     return out
@@ -81,14 +75,14 @@ def levels(r: RunResult, block: str | None = None, end: bool = True) -> ICLevels
 
 def trace_at_end(r: RunResult) -> list[float]:
     """I_1..I_T at the last epoch (the last reading must be at the end of training)."""
-    e, p = (readings(r) or [(None, None)])[-1]
+    e, p = (r.fisher() or [(None, None)])[-1]
     if e != r.config["epochs"]:
         raise MissingValue(f"no Fisher reading at the last epoch ({r.config['epochs']})")
     return [_finite(v, f"I_{t + 1} at epoch {e}") for t, v in enumerate(p.trace.tolist() or [None])]
 
 
 def _share_series(r: RunResult, t: int) -> list[tuple[int, float | None]]:
-    return [(e, tr[t] / sum(tr) if (tr := _usable(p.trace.tolist())) else None) for e, p in readings(r)]
+    return [(e, tr[t] / sum(tr) if (tr := _usable(p.trace.tolist())) else None) for e, p in r.fisher()]
 
 
 def _norm(r: RunResult) -> int:
@@ -167,7 +161,7 @@ def log_fisher_end(label: str) -> Statistic:
     """Mean over the end window of log sum_t I_t."""
     def stat(runs):
         r = run(runs, label)
-        series = [(e, math.log(sum(tr)) if (tr := _usable(p.trace.tolist())) else None) for e, p in readings(r)]
+        series = [(e, math.log(sum(tr)) if (tr := _usable(p.trace.tolist())) else None) for e, p in r.fisher()]
         return window_mean(series, r.config["epochs"], *END, what="log sum I_t", include_lo=True)
     return stat
 

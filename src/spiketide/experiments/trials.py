@@ -22,12 +22,13 @@ from typing import Any
 import torch
 
 from spiketide import callbacks, robustness
+from spiketide.checkpoints import select_device
+from spiketide.config import RUN_INVARIANT, TrainConfig
 from spiketide.errors import CheckpointError, ConfigError
 from spiketide.experiments import analyses
 from spiketide.experiments.pruning import iterative_prune
+from spiketide.fisher.profile import FisherProfile, read_profiles
 from spiketide.runs import RunDir
-from spiketide.checkpoints import select_device
-from spiketide.config import RUN_INVARIANT, TrainConfig
 from spiketide.train import Trainer
 
 __all__ = ["Trial", "RunResult", "run_trial", "trial_id", "resolve_config", "logged_to", "ANALYSES"]
@@ -139,6 +140,7 @@ class RunResult:
     def __init__(self, path: str | os.PathLike):
         self.run = RunDir(path)
         self._analyses: dict[str, dict] | None = None
+        self._profiles: list[tuple[int, FisherProfile]] | None = None
         try:
             self.config = self.run.read_config() if self.run.exists() else {}
             self.metrics = self.run.read_metrics() if self.run.exists() else []
@@ -150,6 +152,7 @@ class RunResult:
         """A result held in memory (what a run directory would hold): for statistics on constructed runs."""
         self = cls.__new__(cls)
         self.run, self.config, self.metrics, self._analyses = None, dict(config), list(metrics), dict(analyses or {})
+        self._profiles = None
         return self
 
     @property
@@ -162,9 +165,11 @@ class RunResult:
     def final(self, key: str):
         return self.metrics[-1].get(key) if self.trained else None
 
-    def fisher(self) -> list[tuple[int, dict]]:
-        """(epoch, Fisher record) for every measured epoch, in order; empty unless the run finished."""
-        return [(r["epoch"], r["fisher"]) for r in self.metrics if r.get("fisher")] if self.trained else []
+    def fisher(self) -> list[tuple[int, FisherProfile]]:
+        """(epoch, Fisher profile) of every measured epoch, in order, read back once; empty unless the run finished."""
+        if self._profiles is None:
+            self._profiles = read_profiles(self.metrics) if self.trained else []
+        return self._profiles
 
     def analysis(self, name: str) -> dict | None:
         if self._analyses is not None:
