@@ -33,7 +33,7 @@ T, TAU = 6, 2.0
 
 def spikingjelly_model() -> nn.Module:
     """SpikingJelly 2.0.0, one timestep per call: LIFNode with the ATan surrogate and a detached reset (spiketide's
-    LIF). (`spiketide stats` counts step-mode convs; a multi-step conv sees [T, B, C, H, W], which it refuses.)"""
+    LIF). (Step mode here; `spiketide stats` counts a multi-step network, step_mode="m", exactly the same.)"""
     from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
     net = nn.Sequential(layer.Conv2d(1, 8, 3, padding=1), layer.BatchNorm2d(8),

@@ -307,3 +307,30 @@ def test_stats_command(tmp_path, capsys):
     assert err.count("\n") == 1 and "e_mac_pj" in err
     assert cli.main(["stats", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_spikingjelly_multistep_convs_count_as_their_single_step_twin():
+    """SpikingJelly's step_mode="m" layers take [T, B, C, H, W] in one call; its counts equal those of the same
+    network run step by step (per timestep, per layer and per image)."""
+    from spikingjelly.activation_based import functional, layer, neuron, surrogate
+
+    from spiketide.adapters import Stateless
+
+    def net(mode):
+        torch.manual_seed(0)
+        m = nn.Sequential(layer.Conv2d(1, 4, 3, padding=1), neuron.LIFNode(surrogate_function=surrogate.ATan()),
+                          layer.Conv2d(4, 6, 3, stride=2, padding=1), neuron.LIFNode(surrogate_function=surrogate.ATan()),
+                          layer.Flatten(), layer.Linear(6 * 4 * 4, 3))
+        with torch.no_grad():
+            m[0].weight.mul_(4), m[2].weight.mul_(12)  # so that both spiking layers fire
+        functional.set_step_mode(m, mode)
+        return m
+
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    step = spike_stats(Stateless(net("s"), 3, reset=functional.reset_net), x)
+    multi = spike_stats(Stateless(net("m"), 3, mode="multistep", reset=functional.reset_net), x)
+    assert all(sum(v) > 0 for v in step["sops_per_image"].values())  # the conv and the linear layer both counted
+    for key in ("sops_per_image", "snn_macs_per_image", "firing_rate"):
+        assert multi[key].keys() == step[key].keys(), key
+        for name, values in step[key].items():
+            assert multi[key][name] == pytest.approx(values, rel=1e-12), (key, name)

@@ -257,6 +257,9 @@ class OperationCounter:
     def _synapse_hook(self, name: str):
         def hook(mod: nn.Module, args: tuple, out: Tensor) -> None:
             x = args[0]
+            if not isinstance(mod, nn.Linear) and x.dim() == len(mod.kernel_size) + 3 and out.dim() == x.dim():
+                # a multi-step conv ([T, B, C, ...] in and out, e.g. SpikingJelly's step_mode="m"): as [T*B, C, ...]
+                x, out = x.flatten(0, 1), out.flatten(0, 1)
             if not isinstance(mod, nn.Linear) and x.dim() != len(mod.kernel_size) + 2:
                 raise ConfigError(f"layer {name!r} got an unbatched input {tuple(x.shape)}; spike_stats needs batched "
                                   "inputs [N, C, ...]")
