@@ -118,16 +118,22 @@ class _FusedLIF(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, tau, v_threshold, detach_reset):
-        # detach: the compiled graph then does not depend on requires_grad (one graph per T, not two)
-        s, h = _compiled_fn("fwd")(x.detach(), tau, v_threshold)
+        # detach: the compiled graph then does not depend on requires_grad (one graph per T, not two). The scan is
+        # elementwise, so it runs on [T, N]: with one dynamic size no layer's channel count can coincide with T
+        # and force a recompile (dynamic shapes give equal sizes one symbol).
+        flat = x.detach().reshape(x.shape[0], -1)
+        flat = flat.new_empty(0).set_(flat.untyped_storage(), flat.storage_offset(), flat.shape, flat.stride()) \
+            if flat.is_contiguous() else flat.clone()  # not a view: its base would be guarded on
+        s, h = _compiled_fn("fwd")(flat, tau, v_threshold)
         ctx.save_for_backward(h)
-        ctx.params = (tau, v_threshold, detach_reset)
-        return s
+        ctx.params, ctx.shape = (tau, v_threshold, detach_reset), x.shape
+        return s.view(x.shape)
 
     @staticmethod
     def backward(ctx, grad_s):
         (h,) = ctx.saved_tensors
-        return _compiled_fn("bwd")(grad_s.contiguous(), h, *ctx.params), None, None, None
+        grad = _compiled_fn("bwd")(grad_s.reshape(h.shape).contiguous(), h, *ctx.params)
+        return grad.view(ctx.shape), None, None, None
 
 
 class LIF(nn.Module):
