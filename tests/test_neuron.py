@@ -106,3 +106,19 @@ def test_fast_path_falls_back_cleanly(monkeypatch):
     assert torch.equal(s, lif_scan(x, 2.0))
     assert lif._compile_failed  # this module stops retrying; other modules and processes are untouched
     assert not LIF(fast=True)._compile_failed
+
+
+def test_one_compiled_graph_per_T_for_every_layer_shape():
+    """The fused scan runs on [T, N]: layers of any shape and batch size share one forward and one backward graph
+    per T, also a layer whose channel count equals T (dynamic shapes would tie the two sizes and recompile)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    lif = LIF(fast=True)
+    for shape in [(6, 4, 6, 5, 5), (6, 4, 16, 3, 3), (6, 8, 6, 5, 5), (6, 3, 32, 2, 2), (6, 4, 10)]:
+        x = torch.randn(shape, requires_grad=True)
+        s = lif(x)
+        s.backward(torch.ones_like(s))
+        assert s.shape == x.shape and x.grad.shape == x.shape
+    assert counters["stats"]["unique_graphs"] == 2

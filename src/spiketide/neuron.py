@@ -113,6 +113,13 @@ def _compiled_fn(name: str):
     return _compiled[name]
 
 
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """x as a contiguous [T, N] tensor that is not a view (Dynamo guards on a view's base shape), sharing x's memory
+    where it can."""
+    flat = x.reshape(x.shape[0], -1).contiguous()
+    return flat.new_empty(0).set_(flat.untyped_storage(), flat.storage_offset(), flat.shape, flat.stride())
+
+
 class _FusedLIF(torch.autograd.Function):
     """The whole scan as one autograd node: a compiled forward loop and a compiled reverse-time loop."""
 
@@ -121,10 +128,7 @@ class _FusedLIF(torch.autograd.Function):
         # detach: the compiled graph then does not depend on requires_grad (one graph per T, not two). The scan is
         # elementwise, so it runs on [T, N]: with one dynamic size no layer's channel count can coincide with T
         # and force a recompile (dynamic shapes give equal sizes one symbol).
-        flat = x.detach().reshape(x.shape[0], -1)
-        flat = flat.new_empty(0).set_(flat.untyped_storage(), flat.storage_offset(), flat.shape, flat.stride()) \
-            if flat.is_contiguous() else flat.clone()  # not a view: its base would be guarded on
-        s, h = _compiled_fn("fwd")(flat, tau, v_threshold)
+        s, h = _compiled_fn("fwd")(_flat(x.detach()), tau, v_threshold)
         ctx.save_for_backward(h)
         ctx.params, ctx.shape = (tau, v_threshold, detach_reset), x.shape
         return s.view(x.shape)
@@ -132,7 +136,7 @@ class _FusedLIF(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_s):
         (h,) = ctx.saved_tensors
-        grad = _compiled_fn("bwd")(grad_s.reshape(h.shape).contiguous(), h, *ctx.params)
+        grad = _compiled_fn("bwd")(_flat(grad_s), h, *ctx.params)
         return grad.view(ctx.shape), None, None, None
 
 
