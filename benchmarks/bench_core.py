@@ -80,29 +80,12 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import spiketide  # noqa: E402
+from machine import cpu_model, usable_cores  # noqa: E402
 from spiketide import data, models, neuron  # noqa: E402
 from spiketide.losses import mean_output_ce  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 def machine_info(device: torch.device) -> dict:
     info = {

@@ -49,6 +49,8 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from collections import defaultdict  # noqa: E402
 
+from machine import cpu_model, usable_cores  # noqa: E402
+
 # kind -> (experiment, label) candidates in the suite's plan, first found wins (smoke scale lacks some)
 KINDS = {
     "base": [("fig1", "base")],
@@ -83,24 +85,6 @@ def parse_args(argv=None):
     if bad:
         p.error(f"unknown kinds {bad}; choose from {', '.join(KINDS)}")
     return args
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def pick_trial(kind: str, scale: str, seed: int):
