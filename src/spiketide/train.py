@@ -263,6 +263,8 @@ class Trainer:
     def _start(self) -> None:
         """Open the run directory: continue it (resume) or start it; then the callbacks' setup, then epoch 0."""
         state = self._check_run_dir()
+        if self.world > 1:  # every rank has read the run directory before rank 0 starts writing it
+            torch.distributed.barrier()
         if state is not None and state.get("model_class") not in (None, class_path(self.model)):
             raise CheckpointError(f"{self.run.checkpoint_path()} holds a {state['model_class']}, but this run was "
                                   f"given a {class_path(self.model)}; resume it with the model it was trained with")
