@@ -16,13 +16,14 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from spiketide import factory, models
-from spiketide.factory import class_path
+from spiketide import __version__, factory, models
 from spiketide.config import TrainConfig, dataset_info
+from spiketide.factory import class_path
 from spiketide.errors import CheckpointError, ConfigError
 from spiketide.runs import RunDir, load_checkpoint, run_of
 
-__all__ = ["read_run", "select_device", "build_model", "class_path", "model_identity", "checkpoint_identity",
+__all__ = ["read_run", "select_device", "build_model", "class_path", "model_identity", "model_state",
+           "checkpoint_identity",
            "check_checkpoint", "load_model", "apply_masks_from_state"]
 
 
@@ -81,6 +82,16 @@ def model_identity(config: TrainConfig, timesteps: int | None = None, model_clas
     if model_class:
         ident["model_class"] = model_class
     return {k: ident[k] for k in _IDENTITY_NAMES if k in ident}
+
+
+def model_state(model: nn.Module, config: TrainConfig, epoch: int, timesteps: int | None = None) -> dict:
+    """What every checkpoint holds about its model: the weights, the epoch, the config, the model's own T, its
+    class and its identity (`model_identity`), and the version that wrote it. A training checkpoint adds the
+    optimizer, scheduler and RNG states. `timesteps`: the model's T when known (default: its `timesteps`)."""
+    T = int(timesteps or getattr(model, "timesteps", config.timesteps))
+    built = class_path(model)
+    return {"model": model.state_dict(), "epoch": epoch, "timesteps": T, "model_class": built,
+            "identity": model_identity(config, T, built), "config": config.to_dict(), "version": __version__}
 
 
 def checkpoint_identity(state: dict, where: str | os.PathLike) -> tuple[dict, TrainConfig]:

@@ -358,7 +358,6 @@ def cmd_deficits(args, ckpts: list[Path], out_dir: Path) -> int:
 
 
 def cmd_robustness(args, ckpts: list[Path], out_dir: Path) -> int:
-    from spiketide import robustness
     from spiketide.experiments import analyses
 
     result = analyses.robustness_suite(
@@ -369,11 +368,10 @@ def cmd_robustness(args, ckpts: list[Path], out_dir: Path) -> int:
           f"{args.pgd_iters} iterations, random start {'on' if args.random_start else 'off'}")
     for line in analyses.robustness_lines(result):
         print(line)
-    md = robustness.to_markdown(result, name=args.name or result["model"])
-    print(md)
+    print(analyses.table("robustness", result, args.name))
     for w in result.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
-    return _report_written(analyses.write("robustness", result, out_dir, args.out, markdown=md))
+    return _report_written(analyses.write("robustness", result, out_dir, args.out, label=args.name))
 
 
 def cmd_early_exit(args, ckpts: list[Path], out_dir: Path) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import re
 import socket
 import sys
@@ -25,12 +26,13 @@ from typing import Any
 import filelock
 import torch
 
+from spiketide import __version__
 from spiketide.checks import check_fields, json_kind
 from spiketide.errors import CheckpointError, ConfigError, RunInUse
 
 __all__ = [
     "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "save_checkpoint", "load_checkpoint",
-    "RunDir", "resolve_checkpoint", "run_of", "check_creatable", "git_commit",
+    "RunDir", "resolve_checkpoint", "run_of", "check_creatable", "environment", "git_commit",
 ]
 
 
@@ -323,6 +325,12 @@ def check_creatable(path: str | os.PathLike, option: str = "--out") -> None:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} {p} cannot be created: {parent} is not writable by you; pick a folder you "
                           "can write")
+
+
+def environment() -> dict:
+    """What produced a run, recorded in its config.json: spiketide's version and git commit, torch, Python, OS."""
+    return {"spiketide_version": __version__, "git_commit": git_commit(), "torch_version": torch.__version__,
+            "python": sys.version.split()[0], "platform": platform.platform()}
 
 
 def git_commit() -> str | None:

@@ -24,22 +24,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from spiketide import __version__, data
+from spiketide import data
 from spiketide.callbacks import FisherTracker
+from spiketide.checkpoints import model_identity, model_state, read_run
+from spiketide.checks import whole
+from spiketide.config import TrainConfig
 from spiketide.errors import ConfigError
 from spiketide.evaluation import check_images, check_logits, eval_mode, model_device
 from spiketide.factory import class_path, model_name, reference_of
-from spiketide.runs import RunDir, atomic_write_json, check_creatable, git_commit, save_checkpoint
-from spiketide.checkpoints import model_identity, read_run
-from spiketide.config import TrainConfig
+from spiketide.runs import RunDir, atomic_write_json, check_creatable, environment, save_checkpoint
 
 __all__ = ["RunTracker", "TRAINED_BY"]
 
@@ -87,8 +86,8 @@ class RunTracker:
                               f"[{info.channels}, {info.image_size}, {info.image_size}]; pass the dataset they "
                               "are from")
         for name, v in (("every", every), ("batch_size", batch_size), ("epochs", epochs)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ConfigError(f"{name} must be a whole number >= 1, got {v!r}")
+            if v is not None:
+                whole(name, v, 1)
         settings = dict(settings or {})
         own = sorted(set(settings) & set(_OWN))
         unknown = sorted(set(settings) - set(TrainConfig.__dataclass_fields__))
@@ -108,9 +107,7 @@ class RunTracker:
                                      "fisher_batch_size": batch_size, "out": str(self.run.path), "progress": False})
         self.config.validate()
         self._given = sorted({*_OWN, *settings} - {"out"})
-        self._environment = {"spiketide_version": __version__, "git_commit": git_commit(),
-                             "torch_version": torch.__version__, "python": sys.version.split()[0],
-                             "platform": platform.platform()}
+        self._environment = environment()
         self._last: int | None = None
         self._saved: list[int] = []
         self._stack = contextlib.ExitStack()
@@ -186,10 +183,7 @@ class RunTracker:
         return record
 
     def _save(self, epoch: int) -> None:
-        T = self.config.timesteps
-        built = class_path(self.model)
-        state = {"model": self.model.state_dict(), "config": self.config.to_dict(), "epoch": epoch, "timesteps": T,
-                 "model_class": built, "identity": model_identity(self.config, T, built), "version": __version__}
+        state = model_state(self.model, self.config, epoch, self.config.timesteps)
         if epoch in self.checkpoint_epochs or epoch == self.epochs:
             save_checkpoint(state, self.run.checkpoint_path(epoch))
             self._saved = sorted({*self._saved, epoch})

@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -22,14 +20,14 @@ import torch
 from torch import nn
 from torch.distributed.nn.functional import all_reduce
 
-from spiketide import __version__, data, progress
-from spiketide.checkpoints import build_model, check_checkpoint, model_identity, read_run, select_device
-from spiketide.factory import class_path
+from spiketide import data, progress
+from spiketide.checkpoints import build_model, check_checkpoint, model_state, read_run, select_device
 from spiketide.config import RUN_SETTINGS, TrainConfig
 from spiketide.errors import CheckpointError, ConfigError, TrainingDiverged
 from spiketide.evaluation import accuracy, check_logits
 from spiketide.losses import batch_mean, horizon_losses, make_loss
-from spiketide.runs import RunDir, check_creatable, git_commit, load_checkpoint, save_checkpoint
+from spiketide.factory import class_path
+from spiketide.runs import RunDir, check_creatable, environment, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from spiketide.callbacks import Callback
@@ -168,19 +166,12 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {
-            "model": self.model.state_dict(),
+            **model_state(self.model, self.config, self.epoch),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "epoch": self.epoch,
-            "timesteps": int(getattr(self.model, "timesteps", self.config.timesteps)),
-            "model_class": class_path(self.model),
-            "identity": model_identity(self.config, int(getattr(self.model, "timesteps", self.config.timesteps)),
-                                       class_path(self.model)),
-            "config": self.config.to_dict(),
             "rng": {"torch": torch.get_rng_state(), "data": self.generator.get_state(),
                     **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})},
             "callbacks": {k: cb.state_dict() for k, cb in zip(self._callback_keys(), self.callbacks)},
-            "version": __version__,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -210,9 +201,7 @@ class Trainer:
     # -- run --
     def _config_record(self) -> dict:
         return {**self.config.to_dict(), "model_class": class_path(self.model), **self.extra_config,
-                "spiketide_version": __version__,
-                "git_commit": git_commit(), "torch_version": torch.__version__, "python": sys.version.split()[0],
-                "platform": platform.platform(), "device_resolved": str(self.device), "world_size": self.world,
+                **environment(), "device_resolved": str(self.device), "world_size": self.world,
                 "train_size": len(self.train_set), "test_size": len(self.test_set)}
 
     def _check_run_dir(self) -> dict | None:

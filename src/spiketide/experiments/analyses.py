@@ -22,7 +22,7 @@ from spiketide.fisher import temporal_fisher
 from spiketide.runs import RunDir, atomic_write_json, atomic_write_text
 
 __all__ = ["RESULT_FILES", "load_with_data", "fisher", "deficits", "robustness_suite", "robustness_lines",
-           "exit_costs", "spike_counts", "write"]
+           "exit_costs", "spike_counts", "table", "write"]
 
 # Where each analysis' result lives in a run directory (and the stem of its figures and Markdown table).
 RESULT_FILES = {"fisher": "fisher.json", "deficits": "deficits.json", "robustness": "robustness.json",
@@ -157,14 +157,21 @@ def _figures(name: str, result: dict, stem: str, per_layer: bool) -> dict:
     return {draw[name][0]: draw[name][1](result)} if name in draw else {}
 
 
+def table(name: str, result: dict, label: str | None = None) -> str | None:
+    """The Markdown table of an analysis result, where it has one (Table 1 for robustness: one row, named
+    `label`, else the model's name)."""
+    return robustness.to_markdown(result, name=label or result.get("model", "model")) if name == "robustness" else None
+
+
 def write(name: str, result: dict, run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
-          markdown: str | None = None, per_layer: bool = False) -> list[Path]:
+          label: str | None = None, per_layer: bool = False) -> list[Path]:
     """Write analysis `name`'s result as JSON to `out` (default: its `RESULT_FILES` name in `run_dir`), its
-    Markdown table beside it, and its figures into the run's figures/ folder (beside `out` outside a run).
+    Markdown `table` beside it, and its figures into the run's figures/ folder (beside `out` outside a run).
     Returns the paths written."""
     out = Path(out) if out else Path(run_dir) / RESULT_FILES[name]
     atomic_write_json(out, result)
     written = [out]
+    markdown = table(name, result, label)
     if markdown is not None:
         atomic_write_text(out.with_suffix(".md"), markdown + "\n")
         written.append(out.with_suffix(".md"))

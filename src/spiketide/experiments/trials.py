@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from spiketide import callbacks, robustness
+from spiketide import callbacks
 from spiketide.checkpoints import select_device
 from spiketide.config import RUN_INVARIANT, TrainConfig
 from spiketide.errors import CheckpointError, ConfigError
@@ -127,8 +127,7 @@ def run_trial(trial: Trial, root: str | os.PathLike, threads: int | None = None)
             for name, params in trial.analyses.items():
                 if not (path / analyses.RESULT_FILES[name]).is_file():
                     result = {**ANALYSES[name](run, config, params), "analysis_params": params}
-                    md = robustness.to_markdown(result, name=config.model) if name == "robustness" else None
-                    analyses.write(name, result, path, markdown=md)
+                    analyses.write(name, result, path)
     result = RunResult(path)
     return {"id": trial.id, "epochs": len(result.metrics) - 1, "test_acc": result.final("test_acc"),
             "train_loss": result.final("train_loss"), "seconds": sum(r.get("seconds") or 0 for r in result.metrics)}
