@@ -18,8 +18,8 @@ from torch.nn.utils import prune
 
 from spiketide import __version__, factory, models
 from spiketide.config import TrainConfig, dataset_info
-from spiketide.factory import class_path
 from spiketide.errors import CheckpointError, ConfigError
+from spiketide.factory import class_path
 from spiketide.runs import RunDir, load_checkpoint, run_of
 
 __all__ = ["read_run", "select_device", "build_model", "class_path", "model_identity", "model_state",

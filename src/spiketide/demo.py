@@ -12,10 +12,10 @@ import math
 from pathlib import Path
 
 from spiketide import callbacks, plots
+from spiketide.config import TrainConfig
 from spiketide.fisher.profile import read_profiles
 from spiketide.fisher.tic import TIC_MARGIN, MissingValue, ic_levels, tic_score
 from spiketide.runs import RunDir, atomic_write_json
-from spiketide.config import TrainConfig
 from spiketide.train import train
 
 __all__ = ["demo_config", "run_demo", "tic_summary"]

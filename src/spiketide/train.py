@@ -25,8 +25,8 @@ from spiketide.checkpoints import build_model, check_checkpoint, model_state, re
 from spiketide.config import RUN_SETTINGS, TrainConfig
 from spiketide.errors import CheckpointError, ConfigError, TrainingDiverged
 from spiketide.evaluation import accuracy, check_logits
-from spiketide.losses import batch_mean, horizon_losses, make_loss
 from spiketide.factory import class_path
+from spiketide.losses import batch_mean, horizon_losses, make_loss
 from spiketide.runs import RunDir, check_creatable, environment, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:

@@ -36,14 +36,14 @@ from typing import Any
 import torch
 
 from spiketide import data, progress
+from spiketide.checkpoints import select_device
+from spiketide.config import TrainConfig
 from spiketide.errors import ConfigError, DataError, RunInUse
 from spiketide.experiments.report import failure_path, write_reports
 from spiketide.experiments.suite import EXPERIMENTS, SCALES, resolve_names, trial_seconds
 from spiketide.experiments.trials import ANALYSES, RunResult, Trial, logged_to, run_trial, trial_id
 from spiketide.fisher import temporal_fisher
 from spiketide.runs import RunDir, atomic_write_json
-from spiketide.checkpoints import select_device
-from spiketide.config import TrainConfig
 from spiketide.train import Trainer
 
 __all__ = ["plan", "schedule", "reproduce", "write_reports", "list_experiments", "check_request", "dry_run",

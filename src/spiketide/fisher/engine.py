@@ -24,9 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from spiketide.evaluation import logits
-from spiketide.fisher.profile import FisherProfile, summarize
 from spiketide.fisher.measurement import (Labels, Measured, check_stateless, draw_uniforms, first_forward,
                                           horizon_norms, measurement, sample_dim, spans)
+from spiketide.fisher.profile import FisherProfile, summarize
 from spiketide.fisher.rules import Budget, HooksDoNotApply, Record, Site, make_site, used_blocks
 from spiketide.losses import horizon_logits
 from spiketide.progress import bar
