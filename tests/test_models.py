@@ -210,3 +210,30 @@ def test_default_width_is_the_documented_model():
 def test_bad_width_is_refused(width):
     with pytest.raises(ConfigError, match="width must be a finite number > 0"):
         models.create("convnet", num_classes=10, timesteps=T, width=width)
+
+
+@pytest.mark.parametrize("shape", [(150, 16, 28, 28), (30, 6, 14, 6), (8, 3, 7, 7), (8, 3, 4, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_avg_pool_is_nn_avg_pool_bit_for_bit(shape, dtype):
+    """The models' compiled 2x2 pool gives nn.AvgPool2d's numbers exactly, forward and backward, on analog inputs
+    (not only spikes) and on views; odd sides go to nn.AvgPool2d (ceil mode: partial windows)."""
+    from spiketide.models.base import AvgPool2d
+
+    torch.manual_seed(0)
+    for ceil_mode in (False, True):
+        fast, plain = AvgPool2d(ceil_mode=ceil_mode, fast=True), torch.nn.AvgPool2d(2, ceil_mode=ceil_mode)
+        x = torch.randn(2, *shape, dtype=dtype)[1]  # a view
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = fast(xa), plain(xb)
+        g = torch.randn_like(yb)
+        ya.backward(g), yb.backward(g)
+        assert torch.equal(ya, yb) and torch.equal(xa.grad, xb.grad)
+        assert not fast._compile_failed
+
+
+def test_models_pool_with_the_compiled_pool():
+    from spiketide.models.base import AvgPool2d
+
+    for name in ("convnet", "alexnet", "vgg16"):
+        m = models.create(name, num_classes=10, timesteps=2, in_channels=1, image_size=28, width=0.0625)
+        assert isinstance(m.pool, AvgPool2d) and repr(m.pool).startswith("AvgPool2d(kernel_size=2, stride=2")

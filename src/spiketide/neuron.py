@@ -113,11 +113,16 @@ def _compiled_fn(name: str):
     return _compiled[name]
 
 
+def unviewed(x: torch.Tensor) -> torch.Tensor:
+    """x, contiguous, as a tensor that is not a view, sharing x's memory where it can: what a compiled fast path
+    is handed, since Dynamo also guards on a view's base shape (a recompile per base shape otherwise)."""
+    x = x.contiguous()
+    return x.new_empty(0).set_(x.untyped_storage(), x.storage_offset(), x.shape, x.stride())
+
+
 def _flat(x: torch.Tensor) -> torch.Tensor:
-    """x as a contiguous [T, N] tensor that is not a view (Dynamo guards on a view's base shape), sharing x's memory
-    where it can."""
-    flat = x.reshape(x.shape[0], -1).contiguous()
-    return flat.new_empty(0).set_(flat.untyped_storage(), flat.storage_offset(), flat.shape, flat.stride())
+    """x as a contiguous [T, N] tensor that is not a view."""
+    return unviewed(x.reshape(x.shape[0], -1))
 
 
 class _FusedLIF(torch.autograd.Function):

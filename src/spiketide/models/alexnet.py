@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spiketide.models.base import SpikingModel, fold, register, scale_width
+from spiketide.models.base import AvgPool2d, SpikingModel, fold, register, scale_width
 from spiketide.neuron import LIF
 
 __all__ = ["AlexNet"]
@@ -46,7 +46,7 @@ class AlexNet(SpikingModel):
         self.conv5 = _conv_bn(c4, c5)
         for k in range(1, 8):
             setattr(self, f"lif{k}", LIF(tau))
-        self.pool = nn.AvgPool2d(2, ceil_mode=True)
+        self.pool = AvgPool2d(ceil_mode=True)
         self.gap = nn.AdaptiveAvgPool2d(2)
         # Hidden FC layers carry BN (shared across timesteps) like the convs: with plain Linear init their
         # currents stay far below threshold and the classifier would receive no spikes at initialisation.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -9,8 +10,9 @@ from torch import nn
 
 from spiketide.config import ENCODINGS
 from spiketide.errors import ConfigError
+from spiketide.neuron import default_fast, unviewed
 
-__all__ = ["fold", "scale_width", "poisson_spikes", "SpikingModel", "ENCODINGS", "register"]
+__all__ = ["fold", "scale_width", "poisson_spikes", "AvgPool2d", "SpikingModel", "ENCODINGS", "register"]
 
 # name -> constructor of every built-in model; `models.create` builds from it.
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -51,6 +53,63 @@ class _RateSpike(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         return grad, None
+
+
+def _window_means(x: torch.Tensor) -> torch.Tensor:
+    """Each 2x2 window's taps added in avg_pool2d's own order (row by row, left to right), then / 4: the CPU
+    kernel's roundings exactly."""
+    return (((x[:, :, 0::2, 0::2] + x[:, :, 0::2, 1::2]) + x[:, :, 1::2, 0::2]) + x[:, :, 1::2, 1::2]) / 4
+
+
+def _window_spread(g: torch.Tensor) -> torch.Tensor:
+    """avg_pool2d's backward where the 2x2 windows tile the input: each input gets its window's gradient / 4."""
+    n, c, h, w = g.shape
+    return (g / 4)[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+
+
+_compiled_pool: dict[str, Callable] = {}
+
+
+def _pool_fn(name: str) -> Callable:
+    if name not in _compiled_pool:
+        _compiled_pool[name] = torch.compile(_window_means if name == "fwd" else _window_spread, dynamic=True)
+    return _compiled_pool[name]
+
+
+class _Pool2x2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return _pool_fn("fwd")(unviewed(x.detach()))
+
+    @staticmethod
+    def backward(ctx, g):
+        return _pool_fn("bwd")(unviewed(g))
+
+
+class AvgPool2d(nn.AvgPool2d):
+    """`nn.AvgPool2d(2)` (the models' 2x2 average pool) that runs float inputs with even sides on the CPU through
+    a compiled loop: the same numbers bit for bit, forward and backward, in a fraction of the CPU kernel's time
+    (BENCHMARKS.md). Any other input, `fast=False`, or SPIKETIDE_NO_COMPILE=1 (`fast=None` follows
+    `neuron.default_fast()`) uses `nn.AvgPool2d`; so does every input after a compilation failure (warned once)."""
+
+    def __init__(self, ceil_mode: bool = False, fast: bool | None = None):
+        super().__init__(2, ceil_mode=ceil_mode)
+        self.fast = default_fast() if fast is None else bool(fast)
+        self._compile_failed = False  # a fact about this machine, not state: forward stays stateless
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Even sides: every window is whole, so ceil_mode changes nothing and the windows tile the input.
+        if (self.fast and not self._compile_failed and x.dim() == 4 and x.device.type == "cpu"
+                and x.dtype in (torch.float32, torch.float64) and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
+                and not torch.compiler.is_compiling()):
+            try:
+                return _Pool2x2.apply(x)
+            except Exception as exc:  # noqa: BLE001 - no compiler or a backend failure: nn.AvgPool2d is always right
+                self._compile_failed = True
+                warnings.warn(f"spiketide: compiled 2x2 average pool unavailable ({type(exc).__name__}); using "
+                              "nn.AvgPool2d. Set SPIKETIDE_NO_COMPILE=1 to silence this.", RuntimeWarning,
+                              stacklevel=2)
+        return super().forward(x)
 
 
 def scale_width(channels: int, width: float) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spiketide.models.base import SpikingModel, fold, register, scale_width
+from spiketide.models.base import AvgPool2d, SpikingModel, fold, register, scale_width
 from spiketide.neuron import LIF
 
 
@@ -37,7 +37,7 @@ class ConvNet(SpikingModel):
         self.lif1 = LIF(tau)
         self.block2 = conv_bn(w2, w3)
         self.lif2 = LIF(tau)
-        self.pool = nn.AvgPool2d(2)
+        self.pool = AvgPool2d()
         self.head_pool = nn.AdaptiveAvgPool2d(4)
         self.fc = nn.Linear(w3 * 16, num_classes)
 

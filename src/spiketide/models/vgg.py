@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spiketide.models.base import SpikingModel, fold, register, scale_width
+from spiketide.models.base import AvgPool2d, SpikingModel, fold, register, scale_width
 from spiketide.neuron import LIF
 
 __all__ = ["VGG16", "VGG16_CFG"]
@@ -36,7 +36,7 @@ class VGG16(SpikingModel):
                  image_size: int = 32, **kw):
         super().__init__(num_classes=num_classes, timesteps=timesteps, in_channels=in_channels,
                          image_size=image_size, **kw)
-        self.pool = nn.AvgPool2d(2, ceil_mode=True)
+        self.pool = AvgPool2d(ceil_mode=True)
         self.gap = nn.AdaptiveAvgPool2d(1)
         self._pool_after: list[bool] = []  # per conv layer: is an "M" right after it (last one -> gap)
         cin, k = in_channels, 0
