@@ -146,6 +146,17 @@ def test_second_writer_fails_at_once_and_a_stale_lock_does_not_block(tmp_path, c
     assert [r["epoch"] for r in RunDir(out).read_metrics()] == [0, 1]
 
 
+def test_a_lock_being_taken_is_not_a_run(tmp_path):
+    # Under DDP rank 1 checks the folder while rank 0 takes the lock and writes its owner file through a
+    # temporary; seeing that temporary as "part of a run" failed one rank in ~2 of 5 loaded runs.
+    run = RunDir(tmp_path / "run")
+    with run.lock():
+        (run.path / "..lock.owner.abc123.tmp").write_text("{}")
+        assert run.is_empty()
+        (run.path / "metrics.jsonl").write_text("")
+        assert not run.is_empty()
+
+
 def test_partial_run_directory_is_never_trained_over(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(TRAIN[:-4] + ["--epochs", "2", "--checkpoint-epochs", "1,2", "--out", str(out)]) == 0

@@ -179,10 +179,13 @@ class RunDir:
     _LOCK_FILES = (".lock", ".lock.owner")
 
     def is_empty(self) -> bool:
-        """True when nothing of a run is there yet (a missing or empty folder; lock files do not count)."""
+        """True when nothing of a run is there yet (a missing or empty folder; lock files do not count).
+
+        Nor does the lock owner's temporary (`..lock.owner.*.tmp`, see `atomic_write_json`): another process may
+        be writing it while this one looks (under DDP, rank 0 takes the lock while rank 1 checks the folder)."""
         if not self.path.exists():
             return True
-        return all(p.name in self._LOCK_FILES for p in self.path.iterdir())
+        return all(p.name in self._LOCK_FILES or p.name.startswith("..lock.owner.") for p in self.path.iterdir())
 
     @contextmanager
     def lock(self, command: str = "spiketide") -> Iterator["RunDir"]:
