@@ -29,16 +29,9 @@ __all__ = ["DEFAULT_THRESHOLDS", "exit_curve", "summarize", "exit_curve_figure"]
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 
 
-def exit_curve(
-    model: nn.Module,
-    images: Any,
-    labels: Any,
-    thresholds: Sequence[float] | None = None,
-    batch_size: int = 256,
-    *,
-    energy: stats.EnergyModel | None = stats.EnergyModel(),
-    spiking_modules: stats.SpikingSpec = None,
-) -> dict[str, Any]:
+def exit_curve(model: nn.Module, images: Any, labels: Any, thresholds: Sequence[float] | None = None,
+               batch_size: int = 256, *, energy: stats.EnergyModel | None = stats.EnergyModel(),
+               spiking_modules: stats.SpikingSpec = None) -> dict[str, Any]:
     """Accuracy and mean timesteps used when exiting at the first confident horizon (Eq. 4).
 
     The model runs once per batch (in eval mode, restored afterwards). For threshold `th` a
@@ -71,26 +64,24 @@ def exit_curve(
         counter = None
     conf, correct = _confidences(model, images, labels, batch_size, counter)
     T, n = conf.shape
-    accuracy, mean_steps, histograms, exits = [], [], [], []
-    for th in ths:
-        exceed = conf > th
-        # argmax returns the first maximal index, i.e. the first confident horizon.
-        first = exceed.to(torch.int8).argmax(0)
-        exit_idx = torch.where(exceed.any(0), first, torch.full_like(first, T - 1))
-        accuracy.append(float(correct.gather(0, exit_idx[None]).float().mean()))
-        mean_steps.append(float((exit_idx + 1).float().mean()))
-        histograms.append(torch.bincount(exit_idx, minlength=T).tolist())
-        exits.append(exit_idx)
+    exits = [_exit_horizons(conf, th) for th in ths]
     return {
         "thresholds": ths,
-        "accuracy": accuracy,
-        "mean_timesteps": mean_steps,
-        "exit_histogram": histograms,
+        "accuracy": [float(correct.gather(0, e[None]).float().mean()) for e in exits],
+        "mean_timesteps": [float((e + 1).float().mean()) for e in exits],
+        "exit_histogram": [torch.bincount(e, minlength=T).tolist() for e in exits],
         "fixed_T_accuracy": correct.float().mean(1).tolist(),
         "T": int(T),
         "n": int(n),
         "operations": None if counter is None else _operations(counter, exits, energy),
     }
+
+
+def _exit_horizons(conf: Tensor, th: float) -> Tensor:
+    """Per image, the index of the first horizon whose confidence exceeds `th` (strictly), else T - 1."""
+    exceed = conf > th
+    first = exceed.to(torch.int8).argmax(0)  # argmax returns the first maximal index: the first confident horizon
+    return torch.where(exceed.any(0), first, torch.full_like(first, conf.shape[0] - 1))
 
 
 def _confidences(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int,

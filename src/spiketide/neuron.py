@@ -17,7 +17,7 @@ from torch import nn
 from spiketide.checks import check_tau  # re-exported: LIF(tau) checks it
 from spiketide.errors import ConfigError
 
-__all__ = ["ArcTanSpike", "spike", "lif_step", "lif_scan", "LIF", "check_tau", "default_fast"]
+__all__ = ["ArcTanSpike", "spike", "lif_step", "lif_scan", "LIF", "check_tau", "default_fast", "unviewed"]
 
 
 class ArcTanSpike(torch.autograd.Function):

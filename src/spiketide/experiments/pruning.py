@@ -183,22 +183,33 @@ def _settings(run: RunDir, last: Path, config: TrainConfig, t_retrain, rounds: i
     }
 
 
-def iterative_prune(
-    run_dir: str | os.PathLike,
-    *,
-    rounds: int = 5,
-    rate: float = 0.5,
-    retrain_epochs: int | None = None,
-    t_retrain: int | Iterable[int] | str | None = None,
-    q: float = 0.95,
-    rewind_epoch: int | None = None,
-    lr: float | None = None,
-    fisher_samples: int = 128,
-    out: str | os.PathLike | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> dict:
+def _round0(model: nn.Module, test_set: data.ImageSet, T: int, t_list: list[int], config: TrainConfig,
+            progress: bool) -> tuple[float, dict[int, float]]:
+    """Test accuracy of the trained model at T and at every T_retrain (round 0 of each curve)."""
+    acc_T = _accuracy_at(model, test_set, T, config)
+    acc0 = {t: acc_T if t == T else _accuracy_at(model, test_set, t, config) for t in t_list}
+    _say(progress, f"trained model: test acc {100 * acc_T:.2f}% at T={T}; "
+         + ", ".join(f"{100 * a:.2f}% at T={t}" for t, a in acc0.items()))
+    return acc_T, acc0
+
+
+def _write(result: dict, out_dir: Path, fig_base: Path) -> dict:
+    """`pruning.json`, `pruning.md` and Fig. 7 (rank 0 only under torchrun); the result with its file names."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "pruning.json", result)
+        atomic_write_text(out_dir / "pruning.md", pruning.to_markdown(result))
+        plots.save(plots.plot_pruning(result), fig_base)
+    result["files"] = {"json": str(out_dir / "pruning.json"), "markdown": str(out_dir / "pruning.md"),
+                       "figure": [str(fig_base.with_suffix(s)) for s in (".png", ".pdf")]}
+    return result
+
+
+def iterative_prune(run_dir: str | os.PathLike, *, rounds: int = 5, rate: float = 0.5,
+                    retrain_epochs: int | None = None, t_retrain: int | Iterable[int] | str | None = None,
+                    q: float = 0.95, rewind_epoch: int | None = None, lr: float | None = None,
+                    fisher_samples: int = 128, out: str | os.PathLike | None = None, device: str | None = None,
+                    progress: bool = True, overwrite: bool = False) -> dict:
     """Fig. 6-7: iterative magnitude pruning of a trained run, retraining with T_retrain timesteps.
 
     For each T_retrain the trained model (`<run>/checkpoints/last.pt`) is loaded fresh, then for
@@ -223,7 +234,6 @@ def iterative_prune(
         raise ConfigError(f"t_retrain must be 'auto' or timestep counts like 2,3,4,5, got {t_retrain!r}")
     run, last, rewind_path = _source(run_dir, rewind_epoch)
     out_dir = Path(out) if out is not None else run.path / "pruning"
-    fig_base = (run.figures if out is None else out_dir) / "fig7_pruning"
     old = _earlier_results(out_dir, overwrite)
 
     model, config, _ = load_model(last)
@@ -244,14 +254,8 @@ def iterative_prune(
     sets = tuple(data.load(config.dataset, split, root=config.data_root, subset=n, seed=config.seed, device=dev)
                  for split, n in (("train", config.subset), ("test", config.test_subset)))
     auto_info = _auto_t_retrain(model, sets[0], config, q, fisher_samples, progress) if auto else None
-    if auto:
-        t_list = [auto_info["chosen"]]
-
-    # -- round 0: the trained model --
-    acc_T = _accuracy_at(model, sets[1], T, config)
-    acc0 = {t: acc_T if t == T else _accuracy_at(model, sets[1], t, config) for t in t_list}
-    _say(progress, f"trained model: test acc {100 * acc_T:.2f}% at T={T}; "
-         + ", ".join(f"{100 * a:.2f}% at T={t}" for t, a in acc0.items()))
+    t_list = [auto_info["chosen"]] if auto else t_list
+    acc_T, acc0 = _round0(model, sets[1], T, t_list, config, progress)
 
     early_state = load_checkpoint(rewind_path, map_location=dev)["model"] if rewind_path is not None else None
     retrain = dataclasses.replace(config, epochs=n_retrain, lr=retrain_lr, fisher_every=0, checkpoint_epochs=[],
@@ -259,24 +263,10 @@ def iterative_prune(
     info = {"source_run": str(run.path), "T": T, "rewind_epoch": rewind_epoch}
     curves = {str(t): _curve(last, t, acc0[t], acc_T, rounds, rate, early_state, retrain, sets, out_dir, info)
               for t in t_list}
-
-    result = {
-        "T": T,
-        "rounds": rounds,
-        "rate": rate,
-        "retrain_epochs": n_retrain,
-        "curves": curves,
-        "compute_saving": {str(t): pruning.compute_saving(N, n_retrain, rounds, T, t) for t in t_list},
-        "auto": auto_info,
-        "round0": {"test_acc_at_T": acc_T, "test_acc": {str(t): a for t, a in acc0.items()}},
-        "settings": _settings(run, last, config, "auto" if auto else t_list, rounds, rate, n_retrain, retrain_lr,
-                              lr is not None, rewind_epoch, q, fisher_samples, dev),
-    }
-    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun only rank 0 writes
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out_dir / "pruning.json", result)
-        atomic_write_text(out_dir / "pruning.md", pruning.to_markdown(result))
-        plots.save(plots.plot_pruning(result), fig_base)
-    result["files"] = {"json": str(out_dir / "pruning.json"), "markdown": str(out_dir / "pruning.md"),
-                       "figure": [str(fig_base.with_suffix(s)) for s in (".png", ".pdf")]}
-    return result
+    result = {"T": T, "rounds": rounds, "rate": rate, "retrain_epochs": n_retrain, "curves": curves,
+              "compute_saving": {str(t): pruning.compute_saving(N, n_retrain, rounds, T, t) for t in t_list},
+              "auto": auto_info,
+              "round0": {"test_acc_at_T": acc_T, "test_acc": {str(t): a for t, a in acc0.items()}},
+              "settings": _settings(run, last, config, "auto" if auto else t_list, rounds, rate, n_retrain,
+                                    retrain_lr, lr is not None, rewind_epoch, q, fisher_samples, dev)}
+    return _write(result, out_dir, (run.figures if out is None else out_dir) / "fig7_pruning")
