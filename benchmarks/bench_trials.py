@@ -5,6 +5,7 @@
     python benchmarks/bench_trials.py --kinds base,resnet19    # some kinds
     python benchmarks/bench_trials.py --quick                  # smoke scale: a sanity run of the code paths
     python benchmarks/bench_trials.py --json out.json
+    python benchmarks/bench_trials.py --kinds base,vgg16 --src /tmp/old/src src   # two source trees, interleaved
 
 One trial of each kind, seed 0, from the suite `spiketide reproduce all --scale cpu` runs (`reproduce.plan`):
 base convnet (fig1/fig2/table1's cross-entropy run, with deficits and robustness), ResNet19, ResNet34 and AlexNet
@@ -30,6 +31,9 @@ The parts:
              checkpoint loading, its own computation, and for pruning the retraining, its evaluation and the
              round checkpoints. The JSON splits each one further (`inside_analyses`);
   other      the rest of run_trial (run-directory checks and lock, trial.log redirection, reading results).
+`--src A B ...` runs each kind once per source tree (PYTHONPATH; e.g. an older commit's `src/` beside this one),
+the trees' order alternating from kind to kind so that a busy machine slows them alike, and adds trials per hour
+per tree (3600 x trials / their summed wall time) to the table.
 Prints a table (seconds and % of each trial's wall time) and one JSON line with every number and machine info.
 """
 
@@ -73,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None, help="also write the JSON line here")
     p.add_argument("--cold-cache", action="store_true",
                    help="point Inductor's caches to a fresh temporary folder per trial (cold compilation)")
+    p.add_argument("--src", nargs="+", default=None,
+                   help="source trees to compare (default: the installed spiketide), interleaved per kind")
     p.add_argument("--keep", action="store_true", help="keep the temporary run roots (their paths are printed)")
     # internal: one trial in this process
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -261,6 +267,10 @@ def label_text(res: dict) -> str:
     return ", ".join(bits)
 
 
+def _tree(src: str) -> str:
+    return "/".join(src.rstrip("/").split("/")[-2:])
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child:
@@ -276,10 +286,14 @@ def main(argv=None) -> None:
           flush=True)
     rows = []
     start = time.perf_counter()
-    for kind in args.kinds:
+    srcs = [os.path.abspath(x) for x in args.src] if args.src else [None]
+    runs = [(kind, src) for i, kind in enumerate(args.kinds) for src in (srcs if i % 2 == 0 else srcs[::-1])]
+    for kind, src in runs:
         root = tempfile.mkdtemp(prefix=f"bench-trials-{kind}-")
         result = os.path.join(root, "result.json")
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        if src:
+            env["PYTHONPATH"] = src
         if args.cold_cache:
             env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(root, "inductor-cache")
             env["TRITON_CACHE_DIR"] = os.path.join(root, "triton-cache")
@@ -295,12 +309,12 @@ def main(argv=None) -> None:
             continue
         with open(result) as f:
             res = json.load(f)
-        res.update(parts(res), label_text=label_text(res), process_wall_s=wall, loadavg_before=list(load0),
-                   loadavg_after=list(os.getloadavg()))
+        res.update(parts(res), label_text=label_text(res) + (f" [{_tree(src)}]" if src else ""), src=src,
+                   process_wall_s=wall, loadavg_before=list(load0), loadavg_after=list(os.getloadavg()))
         res["unaccounted_s"] = res["total_s"] - sum(res["parts_s"].values())
         rows.append(res)
-        print(f"{kind}: {res['total_s']:.1f} s (process {wall:.1f} s), load {load0[0]:.2f} -> "
-              f"{res['loadavg_after'][0]:.2f}", flush=True)
+        print(f"{kind}{f' [{_tree(src)}]' if src else ''}: {res['total_s']:.1f} s (process {wall:.1f} s), load "
+              f"{load0[0]:.2f} -> {res['loadavg_after'][0]:.2f}", flush=True)
         if args.keep:
             print(f"  kept {root}", flush=True)
         else:
@@ -313,6 +327,15 @@ def main(argv=None) -> None:
         print("\ninside the analyses (s, compilation excluded):")
         print(inside_table(rows))
     out = {"machine": machine, "trials": rows}
+    if args.src:
+        out["trials_per_hour"] = {}
+        for src in srcs:
+            mine = [r for r in rows if r["src"] == src]
+            if mine:
+                out["trials_per_hour"][src] = 3600 * len(mine) / sum(r["total_s"] for r in mine)
+                print(f"\n{_tree(src)}: {len(mine)} trials, {sum(r['total_s'] for r in mine):.0f} s, "
+                      f"{out['trials_per_hour'][src]:.1f} trials per hour", end="")
+        print()
     line = json.dumps(out)
     print("\n" + line)
     if args.json:
