@@ -237,3 +237,7 @@ def test_models_pool_with_the_compiled_pool():
     for name in ("convnet", "alexnet", "vgg16"):
         m = models.create(name, num_classes=10, timesteps=2, in_channels=1, image_size=28, width=0.0625)
         assert isinstance(m.pool, AvgPool2d) and repr(m.pool).startswith("AvgPool2d(kernel_size=2, stride=2")
+        # fast_lif=False (--no-compile, the smoke scale) compiles nothing: the pool follows it like the LIF scan
+        pools = [p for p in models.create(name, num_classes=10, timesteps=2, in_channels=1, image_size=28,
+                                          width=0.0625, fast_lif=False).modules() if isinstance(p, AvgPool2d)]
+        assert pools and not any(p.fast for p in pools)

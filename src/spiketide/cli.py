@@ -140,7 +140,7 @@ def _add_train_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> Non
     g.add_argument("--seed", type=_seed, default=defaults.seed)
     g.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default %(default)s)")
     g.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on GPU")
-    g.add_argument("--no-compile", dest="fast_lif", action="store_false", help="plain step-loop LIF instead of the compiled scan")
+    g.add_argument("--no-compile", dest="fast_lif", action="store_false", help="plain step-loop LIF and nn.AvgPool2d instead of the compiled scan and pool")
     g = p.add_argument_group("run directory")
     g.add_argument("--out", type=_path, default=defaults.out, help="run directory (default %(default)s)")
     g.add_argument("--checkpoint-epochs", type=_int_list("checkpoint epochs", "0,20,40"), default=[], help="also keep checkpoints at these epochs, e.g. 0,20,40 (the last is always kept)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from spiketide.checks import number, whole
 from spiketide.errors import ConfigError
 from spiketide.models import alexnet, convnet, resnet, vgg  # noqa: F401  (each registers its models on import)
-from spiketide.models.base import _REGISTRY, ENCODINGS, SpikingModel, fold, register
+from spiketide.models.base import _REGISTRY, ENCODINGS, AvgPool2d, SpikingModel, fold, register
 from spiketide.neuron import LIF
 
 __all__ = ["create", "register", "available", "block_names", "SpikingModel", "fold", "ENCODINGS"]
@@ -24,7 +24,8 @@ def create(name: str, *, num_classes: int, timesteps: int, tau: float = 2.0, in_
            encoding_seed: int = 0, **kwargs) -> SpikingModel:
     """Build a registered SNN: pixels [B, C, H, W] or [T, B, C, H, W] in [0, 1] -> logits [T, B, num_classes].
 
-    `fast_lif` picks the compiled LIF scan for every neuron of this model (None: `neuron.default_fast()`).
+    `fast_lif` picks the compiled paths for this model, the LIF scan of every neuron and the 2x2 average pool
+    (None: `neuron.default_fast()`); False compiles nothing.
     `width` (a number > 0, default 1.0 = the documented model) multiplies every hidden channel count and
     hidden linear size, each rounded to an int and at least 1; input channels and classes are unchanged,
     as are `block_names`. E.g. resnet19 at width=1/8 has stem 16 and stages 32/64/64 (parameters ~ width**2).
@@ -43,8 +44,8 @@ def create(name: str, *, num_classes: int, timesteps: int, tau: float = 2.0, in_
     model = _REGISTRY[name](num_classes=num_classes, timesteps=timesteps, tau=tau, in_channels=in_channels,
                             image_size=image_size, width=float(width), **kwargs)
     model.encoding, model.encoding_seed = encoding, int(encoding_seed)
-    if fast_lif is not None:
+    if fast_lif is not None:  # --no-compile means no compilation at all, the pool's included
         for m in model.modules():
-            if isinstance(m, LIF):
+            if isinstance(m, (LIF, AvgPool2d)):
                 m.fast = bool(fast_lif)
     return model
