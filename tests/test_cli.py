@@ -12,16 +12,22 @@ def run(capsys, *argv):
     return code, out, err
 
 
-@pytest.mark.parametrize("command", ["train", "demo", "plot", "fisher", "deficits", "robustness", "early-exit", "prune"])
+COMMANDS = ["train", "demo", "plot", "fisher", "deficits", "robustness", "early-exit", "stats", "prune", "export-nir",
+            "reproduce", "report"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(capsys, command):
     code, out, _ = run(capsys, command, "--help")
     assert code == 0 and "usage: spiketide" in out
+    # argparse %-formats help= strings but not a description without %(prog): a "50%%" there is printed as is
+    assert "%%" not in out and "%(" not in out
 
 
 def test_top_level_help(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for command in ("train", "fisher", "robustness", "prune", "early-exit", "deficits", "demo"):
+    for command in COMMANDS:
         assert command in out
 
 

@@ -466,7 +466,7 @@ def _add_fisher(sub) -> None:
 
 def _add_deficits(sub) -> None:
     p = sub.add_parser("deficits", help="time-window noise deficits of saved checkpoints (Fig. 2)",
-                       description="Test accuracy with Gaussian noise (l2 = 50%% of the image's) only in timesteps "
+                       description="Test accuracy with Gaussian noise (l2 = 50% of the image's) only in timesteps "
                        "[t, t+w-1], for every t, relative to the last window; for each saved checkpoint.")
     p.add_argument("path", help="a run directory (all saved checkpoints) or one checkpoint")
     p.add_argument("--window", type=_positive_int, default=3, help="window length w (default %(default)s)")
@@ -477,7 +477,7 @@ def _add_deficits(sub) -> None:
 
 def _add_robustness(sub) -> None:
     p = sub.add_parser("robustness", help="Table 1: clean, Gaussian noise, blur, FGSM and PGD accuracy",
-                       description="Evaluate a checkpoint under Gaussian noise (l2 = 50%%), blur (down/up x2, bilinear), "
+                       description="Evaluate a checkpoint under Gaussian noise (l2 = 50%), blur (down/up x2, bilinear), "
                        "FGSM (eps 8/255) and PGD (eps 8/255, step 4/255, 10 iterations, random start) in pixel space.")
     p.add_argument("checkpoint", help="a checkpoint .pt or a run directory (its last checkpoint)")
     p.add_argument("--eps", type=_fraction, default=8 / 255, help="l-inf budget (default 8/255)")
