@@ -162,6 +162,19 @@ def test_list_names_every_experiment_with_claims_and_costs(capsys):
     assert "requires: run base fits its training set" in out  # each claim's preconditions are listed
 
 
+def test_list_costs_follow_the_seeds_and_count_shared_runs_once(capsys):
+    assert main(["reproduce", "--list", "--seeds", "0,1,2,3,4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("for 5 seed(s)") == len(EXPERIMENTS)
+    cpu, _ = rp.plan(["all"], "cpu", [0, 1, 2, 3, 4])
+    total = out.strip().splitlines()[-1]
+    assert total.startswith(f"all, 5 seed(s): {len(cpu)} distinct runs at cpu scale")
+    minutes = sum(trial_seconds("cpu", t.config, t.analyses) for t in cpu.values()) / 60
+    assert f"about {minutes:.0f} trial-min" in total and f"about {minutes / 2:.0f} min of wall time" in total
+    assert main(["reproduce", "--list", "--seeds", "0"]) == 0
+    assert "for 1 seed(s)" in capsys.readouterr().out
+
+
 def test_trial_identity_ignores_where_and_how_it_runs():
     cfg = EXPERIMENTS["fig1"].grid("cpu", 0)["base"]
     assert Trial(cfg).id == Trial({**cfg, "out": "elsewhere", "device": "cuda", "progress": False}).id

@@ -625,7 +625,7 @@ def cmd_reproduce(args) -> int:
     from spiketide.experiments import reproduce
 
     if args.list:
-        print(reproduce.list_experiments())
+        print(reproduce.list_experiments(args.seeds))
         return 0
     if not args.names:
         raise ConfigError("name the experiments to run (or `all`); `spiketide reproduce --list` shows them")
@@ -665,7 +665,8 @@ def add_experiment_commands(sub) -> None:
                        "complete, 1 some trials failed, 2 bad input, 3 report incomplete (trials being run by another "
                        "`reproduce` on the same --out).")
     p.add_argument("names", nargs="*", help="experiment names, or all (see --list)")
-    p.add_argument("--list", action="store_true", help="list the experiments, their claims and estimated costs")
+    p.add_argument("--list", action="store_true",
+                   help="list the experiments, their claims and estimated costs (for --seeds)")
     p.add_argument("--scale", choices=SCALES, default="cpu", help="smoke (tests), cpu (2 cores) or paper (GPUs)")
     p.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--out", default="experiments", help="results folder (default %(default)s)")

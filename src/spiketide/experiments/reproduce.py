@@ -696,15 +696,23 @@ def dry_run(names: Sequence[str], scale: str, seeds: Sequence[int], *, images: i
     return rows
 
 
-def list_experiments() -> str:
-    """Every experiment with its claims, what each needs to be testable, and estimated cost per scale (runs shared
-    between experiments are counted in each)."""
+def list_experiments(seeds: Sequence[int] = (0, 1, 2)) -> str:
+    """Every experiment with its claims, what each needs to be testable, and estimated cost per scale for `seeds`
+    (runs shared between experiments are counted in each); last, the cost of them all, each run counted once."""
+    n = len(seeds)
     lines = []
     for name, exp in EXPERIMENTS.items():
-        cost = (f"smoke {exp.hours('smoke', 1) * 60:.1f} trial-min per seed; cpu {exp.hours('cpu', 3):.1f} trial-h for "
-                f"3 seeds (half that with --workers 2); paper {exp.hours('paper', 1):.1f} GPU-h per seed")
+        cost = (f"smoke {exp.hours('smoke', 1) * 60:.1f} trial-min per seed; cpu {exp.hours('cpu', n) * 60:.0f} "
+                f"trial-min for {n} seed(s); paper {exp.hours('paper', 1):.1f} GPU-h per seed")
         lines.append(f"{name}: {exp.title}\n    cost: {cost}")
         for c in exp.claims("paper"):
             lines.append(f"    - {c.claim.text} (paper: {c.claim.paper})")
             lines += [f"        requires: {p.text}" for p in c.requires]
+    cpu, _ = plan(["all"], "cpu", seeds)
+    paper, _ = plan(["all"], "paper", seeds)
+    minutes = sum(trial_seconds("cpu", t.config, t.analyses) for t in cpu.values()) / 60
+    gpu_h = sum(trial_seconds("paper", t.config, t.analyses) for t in paper.values()) / 3600
+    lines.append(f"all, {n} seed(s): {len(cpu)} distinct runs at cpu scale, about {minutes:.0f} trial-min: about "
+                 f"{minutes / 2:.0f} min of wall time with --workers 2 on 2 cores; {len(paper)} at paper scale, about "
+                 f"{gpu_h:.0f} GPU-h")
     return "\n".join(lines)
