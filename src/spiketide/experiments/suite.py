@@ -57,8 +57,8 @@ _SCALES = {
     # Half-width convnet: 500 images to a training loss near 0.05 in 60 epochs (IC 3.98 -> 2.27, measured), at a
     # third of the full width's cost; test accuracy every 5 epochs (evaluation was a third of an epoch). Epoch
     # time: one thread, two trials at a time on the 2-core machine, calibrated so that the estimate of the five-seed
-    # suite is its measured 201.4 trial-min (140 trials, 2026-12-02; 2.3 s before the compiled LIF and pool, and
-    # before that sweep showed the estimate 1.8x high). The paper's topologies at 1/16 width (ResNet34
+    # suite is its measured 201.4 trial-min (140 trials, 2026-12-02); the 2.3 s measured before the later speed-ups
+    # (one LIF graph per T, the compiled pool) made it 1.8x high. The paper's topologies at 1/16 width (ResNet34
     # at 1/8 took 9 s per epoch), their Fisher every 10 epochs (a measurement costs 1.4 of their epochs). Alpha
     # against the per-horizon losses a CPU run reaches (about 0.02-0.1 at the end): the paper's 1e-3..7e-2 never
     # bind there (measurements: alpha 1e-3 and 1e-2 gave identical models).
