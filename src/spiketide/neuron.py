@@ -121,8 +121,10 @@ def unviewed(x: torch.Tensor) -> torch.Tensor:
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
-    """x as a contiguous [T, N] tensor that is not a view."""
-    return unviewed(x.reshape(x.shape[0], -1))
+    """x as a contiguous [T, 1, N] tensor that is not a view. The size-1 dimension is specialised, so one graph
+    per T remains; without it Inductor's CPU loop over [T, N] does not speed up with a second thread (measured:
+    2 threads 64 -> 36 ms forward on [6, 128, 32, 28, 28], 1 thread unchanged; BENCHMARKS.md)."""
+    return unviewed(x.reshape(x.shape[0], 1, -1))
 
 
 class _FusedLIF(torch.autograd.Function):
@@ -131,8 +133,8 @@ class _FusedLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, tau, v_threshold, detach_reset):
         # detach: the compiled graph then does not depend on requires_grad (one graph per T, not two). The scan is
-        # elementwise, so it runs on [T, N]: with one dynamic size no layer's channel count can coincide with T
-        # and force a recompile (dynamic shapes give equal sizes one symbol).
+        # elementwise, so it runs on [T, 1, N] (`_flat`): with one dynamic size no layer's channel count can
+        # coincide with T and force a recompile (dynamic shapes give equal sizes one symbol).
         s, h = _compiled_fn("fwd")(_flat(x.detach()), tau, v_threshold)
         ctx.save_for_backward(h)
         ctx.params, ctx.shape = (tau, v_threshold, detach_reset), x.shape
