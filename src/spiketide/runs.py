@@ -42,9 +42,14 @@ def _umask() -> int:
     return mask
 
 
+def _temp_prefix(name: str) -> str:
+    """How the temporary of an atomic write of file `name` begins (hidden, beside it)."""
+    return f".{name}."
+
+
 def _temp_beside(path: Path) -> tuple[int, str]:
     """A temp file next to `path` with ordinary permissions (mkstemp alone would make it owner-only)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
     os.chmod(tmp, 0o666 & ~_umask())
     return fd, tmp
 
@@ -181,11 +186,12 @@ class RunDir:
     def is_empty(self) -> bool:
         """True when nothing of a run is there yet (a missing or empty folder; lock files do not count).
 
-        Nor does the lock owner's temporary (`..lock.owner.*.tmp`, see `atomic_write_json`): another process may
-        be writing it while this one looks (under DDP, rank 0 takes the lock while rank 1 checks the folder)."""
+        Nor do their atomic-write temporaries (`..lock.owner.*.tmp`): another process may be writing one while
+        this one looks (under DDP, rank 0 takes the lock while rank 1 checks the folder)."""
         if not self.path.exists():
             return True
-        return all(p.name in self._LOCK_FILES or p.name.startswith("..lock.owner.") for p in self.path.iterdir())
+        lock_temps = tuple(_temp_prefix(name) for name in self._LOCK_FILES)
+        return all(p.name in self._LOCK_FILES or p.name.startswith(lock_temps) for p in self.path.iterdir())
 
     @contextmanager
     def lock(self, command: str = "spiketide") -> Iterator["RunDir"]:

@@ -689,11 +689,16 @@ def dry_run(names: Sequence[str], scale: str, seeds: Sequence[int], *, images: i
             f"{row['step_seconds']:>7.2f} {fisher:>8} {_mb(row['activation_bytes_per_image']):>11} "
             f"{_mb(row['cuda_peak_bytes_per_image']):>10} {row['gpu_hours_per_seed'] * 3600 / per:>14.2f}  {an}")
     per_exp = ", ".join(f"{n} {EXPERIMENTS[n].hours(scale, len(seeds)) * 3600 / per:.1f}" for n in specs)
-    total = sum(trial_seconds(scale, t.config, t.analyses) for t in trials.values()) / per
+    total = _total_seconds(trials, scale) / per
     say(f"estimated {unit} for {len(seeds)} seed(s) (a run shared by experiments counts in each): {per_exp}")
     say(f"estimated {unit} for the {len(trials)} distinct runs: {total:.1f}; dry run took "
         f"{time.monotonic() - start:.0f} s on {rows[0]['device'] if rows else device}")
     return rows
+
+
+def _total_seconds(trials: dict[str, Trial], scale: str) -> float:
+    """Estimated seconds of these distinct trials, each counted once (`suite.trial_seconds`)."""
+    return sum(trial_seconds(scale, t.config, t.analyses) for t in trials.values())
 
 
 def list_experiments(seeds: Sequence[int] = (0, 1, 2)) -> str:
@@ -710,8 +715,7 @@ def list_experiments(seeds: Sequence[int] = (0, 1, 2)) -> str:
             lines += [f"        requires: {p.text}" for p in c.requires]
     cpu, _ = plan(["all"], "cpu", seeds)
     paper, _ = plan(["all"], "paper", seeds)
-    minutes = sum(trial_seconds("cpu", t.config, t.analyses) for t in cpu.values()) / 60
-    gpu_h = sum(trial_seconds("paper", t.config, t.analyses) for t in paper.values()) / 3600
+    minutes, gpu_h = _total_seconds(cpu, "cpu") / 60, _total_seconds(paper, "paper") / 3600
     lines.append(f"all, {n} seed(s): {len(cpu)} distinct runs at cpu scale, about {minutes:.0f} trial-min: about "
                  f"{minutes / 2:.0f} min of wall time with --workers 2 on 2 cores; {len(paper)} at paper scale, about "
                  f"{gpu_h:.0f} GPU-h")
