@@ -22,6 +22,9 @@ def test_every_command_has_help(capsys, command):
     assert code == 0 and "usage: spiketide" in out
     # argparse %-formats help= strings but not a description without %(prog): a "50%%" there is printed as is
     assert "%%" not in out and "%(" not in out
+    # the description is the handler's docstring (cli._command): every command says what it does
+    description = out.split("\n\n")[1]
+    assert not description.startswith(("positional arguments", "options")) and len(description) > 40
 
 
 def test_top_level_help(capsys):

@@ -195,6 +195,9 @@ def _resume_config(args) -> TrainConfig:
 
 
 def cmd_train(args) -> int:
+    """Train an SNN (Eq. 1-2, BPTT) and write config.json, metrics.jsonl, checkpoints/ and figures/. Defaults are the
+    paper's: resnet19 on CIFAR-10, T=10, tau=2, SGD lr 0.3, cosine, 300 epochs.
+    """
     from spiketide import callbacks
     from spiketide.train import Trainer
 
@@ -217,6 +220,9 @@ def _draw_figures(run_path) -> list[Path]:
 
 
 def cmd_demo(args) -> int:
+    """Train convnet on 500 Fashion-MNIST images (T=6, 60 epochs) on the CPU while tracking temporal Fisher
+    information; draws Fig. 1 and Fig. 3, prints the information centroid's course and the TIC rule's verdict.
+    """
     from spiketide import demo
 
     demo.run_demo(out=args.out, epochs=args.epochs, progress=args.progress)
@@ -224,6 +230,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_plot(args) -> int:
+    """Draw Fig. 1 (I_t over training) and, when blocks were tracked, Fig. 3 of a run from its metrics.jsonl."""
     from spiketide.checkpoints import read_run
 
     read_run(args.run_dir)
@@ -331,6 +338,9 @@ def _analysis(body, path_arg: str):
 
 
 def cmd_fisher(args, ckpts: list[Path], out_dir: Path) -> int:
+    """Measure I_1..I_T (Eq. 6) and the information centroid (Eq. 7) of a checkpoint, or of every saved checkpoint of a
+    run directory; writes fisher.json and figures.
+    """
     from spiketide.experiments import analyses
 
     def report(r: dict) -> None:
@@ -345,6 +355,9 @@ def cmd_fisher(args, ckpts: list[Path], out_dir: Path) -> int:
 
 
 def cmd_deficits(args, ckpts: list[Path], out_dir: Path) -> int:
+    """Test accuracy with Gaussian noise (l2 = 50% of the image's) only in timesteps [t, t+w-1], for every t, relative
+    to the last window; for each saved checkpoint.
+    """
     from spiketide.experiments import analyses
 
     def report(r: dict) -> None:
@@ -358,6 +371,9 @@ def cmd_deficits(args, ckpts: list[Path], out_dir: Path) -> int:
 
 
 def cmd_robustness(args, ckpts: list[Path], out_dir: Path) -> int:
+    """Evaluate a checkpoint under Gaussian noise (l2 = 50%), blur (down/up x2, bilinear), FGSM (eps 8/255) and PGD
+    (eps 8/255, step 4/255, 10 iterations, random start) in pixel space.
+    """
     from spiketide.experiments import analyses
 
     result = analyses.robustness_suite(
@@ -375,6 +391,10 @@ def cmd_robustness(args, ckpts: list[Path], out_dir: Path) -> int:
 
 
 def cmd_early_exit(args, ckpts: list[Path], out_dir: Path) -> int:
+    """Each test image exits at the first timestep whose horizon output (Eq. 4) is more confident than a threshold;
+    accuracy vs mean timesteps, the synaptic operations and energy that saves (counted per image, --e-ac / --e-mac
+    as in `stats`), beside fixed-T accuracy and the Fisher profile.
+    """
     from spiketide import early_exit
     from spiketide.experiments import analyses
 
@@ -386,6 +406,11 @@ def cmd_early_exit(args, ckpts: list[Path], out_dir: Path) -> int:
 
 
 def cmd_stats(args, ckpts: list[Path], out_dir: Path) -> int:
+    """Per spiking layer and timestep: firing rate; per spike-driven conv/linear layer: synaptic operations (input
+    events x fan-out); dense MACs of the same network as an ANN; energy SNN = SOPs x e_ac + MACs before the first
+    spiking layer x e_mac, ANN = MACs x e_mac. Uses the last checkpoint; writes stats.json and
+    figures/stats.{png,pdf}.
+    """
     from spiketide import stats
     from spiketide.experiments import analyses
 
@@ -398,6 +423,9 @@ def cmd_stats(args, ckpts: list[Path], out_dir: Path) -> int:
 
 
 def cmd_prune(args) -> int:
+    """Start from a trained run (T timesteps); R rounds of pruning p of the remaining conv/linear weights and
+    retraining with T_retrain timesteps; accuracy vs sparsity per T_retrain and the compute saving.
+    """
     from spiketide import pruning
     from spiketide.experiments.pruning import iterative_prune
     from spiketide.runs import RunDir, check_creatable
@@ -421,6 +449,12 @@ def cmd_prune(args) -> int:
 def _t_retrain(s: str) -> str | tuple[int, ...]:
     """--t-retrain: 'auto', or comma-separated timestep counts >= 1."""
     return "auto" if s.strip() == "auto" else tuple(_int_list("T_retrain timestep counts, or auto", "2,3,4,5", 1)(s))
+
+
+def _command(sub, handler, help: str) -> argparse.ArgumentParser:
+    """The subcommand `handler` runs (cmd_early_exit: early-exit); its docstring is the command's description."""
+    return sub.add_parser(handler.__name__.removeprefix("cmd_").replace("_", "-"), help=help,
+                          description=handler.__doc__)
 
 
 def _add_eval_options(p: argparse.ArgumentParser, samples_default: int | None, samples_help: str,
@@ -453,9 +487,7 @@ def _energy_model(args):
 
 
 def _add_fisher(sub) -> None:
-    p = sub.add_parser("fisher", help="temporal Fisher information (Eq. 3-7) of saved checkpoints",
-                       description="Measure I_1..I_T (Eq. 6) and the information centroid (Eq. 7) of a checkpoint, or of "
-                       "every saved checkpoint of a run directory; writes fisher.json and figures.")
+    p = _command(sub, cmd_fisher, "temporal Fisher information (Eq. 3-7) of saved checkpoints")
     p.add_argument("path", help="a checkpoint .pt or a run directory")
     p.add_argument("--estimator", choices=ESTIMATORS, default="empirical")
     p.add_argument("--per-layer", action="store_true", help="also per block (Fig. 3)")
@@ -465,9 +497,7 @@ def _add_fisher(sub) -> None:
 
 
 def _add_deficits(sub) -> None:
-    p = sub.add_parser("deficits", help="time-window noise deficits of saved checkpoints (Fig. 2)",
-                       description="Test accuracy with Gaussian noise (l2 = 50% of the image's) only in timesteps "
-                       "[t, t+w-1], for every t, relative to the last window; for each saved checkpoint.")
+    p = _command(sub, cmd_deficits, "time-window noise deficits of saved checkpoints (Fig. 2)")
     p.add_argument("path", help="a run directory (all saved checkpoints) or one checkpoint")
     p.add_argument("--window", type=_positive_int, default=3, help="window length w (default %(default)s)")
     p.add_argument("--noise-ratio", type=float, default=0.5)
@@ -476,9 +506,7 @@ def _add_deficits(sub) -> None:
 
 
 def _add_robustness(sub) -> None:
-    p = sub.add_parser("robustness", help="Table 1: clean, Gaussian noise, blur, FGSM and PGD accuracy",
-                       description="Evaluate a checkpoint under Gaussian noise (l2 = 50%), blur (down/up x2, bilinear), "
-                       "FGSM (eps 8/255) and PGD (eps 8/255, step 4/255, 10 iterations, random start) in pixel space.")
+    p = _command(sub, cmd_robustness, "Table 1: clean, Gaussian noise, blur, FGSM and PGD accuracy")
     p.add_argument("checkpoint", help="a checkpoint .pt or a run directory (its last checkpoint)")
     p.add_argument("--eps", type=_fraction, default=8 / 255, help="l-inf budget (default 8/255)")
     p.add_argument("--pgd-step", type=_fraction, default=4 / 255, help="PGD step (default 4/255)")
@@ -494,10 +522,7 @@ def _add_robustness(sub) -> None:
 
 
 def _add_early_exit(sub) -> None:
-    p = sub.add_parser("early-exit", help="confidence-based early exit: accuracy vs timesteps used",
-                       description="Each test image exits at the first timestep whose horizon output (Eq. 4) is more "
-                       "confident than a threshold; accuracy vs mean timesteps, the synaptic operations and energy that saves "
-                       "(counted per image, --e-ac / --e-mac as in `stats`), beside fixed-T accuracy and the Fisher profile.")
+    p = _command(sub, cmd_early_exit, "confidence-based early exit: accuracy vs timesteps used")
     p.add_argument("checkpoint")
     p.add_argument("--thresholds", type=_thresholds, default=None,
                    help="comma-separated confidence thresholds, probabilities in [0, 1]")
@@ -508,11 +533,7 @@ def _add_early_exit(sub) -> None:
 
 
 def _add_stats(sub) -> None:
-    p = sub.add_parser("stats", help="firing rates, synaptic operations and an energy estimate (beyond the paper)",
-                       description="Per spiking layer and timestep: firing rate; per spike-driven conv/linear layer: "
-                       "synaptic operations (input events x fan-out); dense MACs of the same network as an ANN; energy "
-                       "SNN = SOPs x e_ac + MACs before the first spiking layer x e_mac, ANN = MACs x e_mac. Uses the "
-                       "last checkpoint; writes stats.json and figures/stats.{png,pdf}.")
+    p = _command(sub, cmd_stats, "firing rates, synaptic operations and an energy estimate (beyond the paper)")
     p.add_argument("checkpoint", help="a checkpoint .pt or a run directory (its last checkpoint)")
     p.add_argument("--nonbinary", choices=("sops", "macs"), default="sops",
                    help="spike-driven layers fed non-binary inputs (e.g. average-pooled spikes): 'sops' counts their "
@@ -523,9 +544,7 @@ def _add_stats(sub) -> None:
 
 
 def _add_prune(sub) -> None:
-    p = sub.add_parser("prune", help="iterative magnitude pruning that retrains with fewer timesteps (Fig. 6-7)",
-                       description="Start from a trained run (T timesteps); R rounds of pruning p of the remaining conv/linear "
-                       "weights and retraining with T_retrain timesteps; accuracy vs sparsity per T_retrain and the compute saving.")
+    p = _command(sub, cmd_prune, "iterative magnitude pruning that retrains with fewer timesteps (Fig. 6-7)")
     p.add_argument("run_dir")
     p.add_argument("--rounds", type=_positive_int, default=5)
     p.add_argument("--rate", type=_finite(0, 1, hi_open=True, meaning="the pruning rate"), default=0.5,
@@ -553,7 +572,11 @@ def add_analysis_commands(sub) -> None:
 
 
 def cmd_export_nir(args, ckpts: list[Path], out_dir: Path) -> int:
-    """The run's last checkpoint as a NIR graph (`spiketide.nir.to_nir`), then read back and compared."""
+    """Export the last checkpoint of a run (or a checkpoint .pt) to a NIR file that SpikingJelly, snnTorch, Norse and
+    neuromorphic toolchains read: BatchNorm folded into each conv, the input normalisation as a 1x1 conv, nir.LIF
+    with tau x dt (dt in the metadata), per-step logits whose mean over T is the prediction. The file is read back
+    and its logits compared with the model's on 4 random images. Needs the nir package.
+    """
     import torch
 
     from spiketide import nir as snir
@@ -589,11 +612,7 @@ def cmd_export_nir(args, ckpts: list[Path], out_dir: Path) -> int:
 
 
 def add_nir_command(sub) -> None:
-    p = sub.add_parser("export-nir", help="write a run's model as a NIR graph (Neuromorphic Intermediate Representation)",
-                       description="Export the last checkpoint of a run (or a checkpoint .pt) to a NIR file that "
-                       "SpikingJelly, snnTorch, Norse and neuromorphic toolchains read: BatchNorm folded into each "
-                       "conv, the input normalisation as a 1x1 conv, nir.LIF with tau x dt (dt in the metadata), "
-                       "per-step logits whose mean over T is the prediction. Needs the nir package.")
+    p = _command(sub, cmd_export_nir, "write a run's model as a NIR graph (Neuromorphic Intermediate Representation)")
     p.add_argument("run_dir", help="a run directory (its last checkpoint) or a checkpoint .pt")
     p.add_argument("--out", type=_path, default=None, help="NIR file to write (default RUN_DIR/model.nir)")
     p.add_argument("--dt", type=_finite(0, meaning="--dt"), default=NIR_DT,
@@ -622,6 +641,12 @@ def _gpus(s: str) -> float:
 
 
 def cmd_reproduce(args) -> int:
+    """Train every run the named experiments need (shared between experiments, one run directory each under OUT/runs),
+    scheduled on Ray, then write OUT/<name>/report.md and OUT/REPORT.md with a computed verdict per claim. Rerunning
+    skips finished trials and resumes half-finished ones. Needs Ray: pip install "spiketide[sweep]". Exit code: 0
+    report complete, 1 some trials failed, 2 bad input, 3 report incomplete (trials being run by another `reproduce`
+    on the same --out).
+    """
     from spiketide.experiments import reproduce
 
     if args.list:
@@ -650,6 +675,7 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_report(args) -> int:
+    """Write every experiment's report.md and OUT/REPORT.md again from the run directories under OUT, training nothing."""
     from spiketide.experiments.report import write_reports
 
     print(f"report: {write_reports(args.out)}")
@@ -657,13 +683,7 @@ def cmd_report(args) -> int:
 
 
 def add_experiment_commands(sub) -> None:
-    p = sub.add_parser("reproduce", help="the paper's figures and tables over several seeds, with a verdict per claim",
-                       description="Train every run the named experiments need (shared between experiments, one run "
-                       "directory each under OUT/runs), scheduled on Ray, then write OUT/<name>/report.md and "
-                       "OUT/REPORT.md with a computed verdict per claim. Rerunning skips finished trials and resumes "
-                       "half-finished ones. Needs Ray: pip install \"spiketide[sweep]\". Exit code: 0 report "
-                       "complete, 1 some trials failed, 2 bad input, 3 report incomplete (trials being run by another "
-                       "`reproduce` on the same --out).")
+    p = _command(sub, cmd_reproduce, "the paper's figures and tables over several seeds, with a verdict per claim")
     p.add_argument("names", nargs="*", help="experiment names, or all (see --list)")
     p.add_argument("--list", action="store_true",
                    help="list the experiments, their claims and estimated costs (for --seeds)")
@@ -684,7 +704,7 @@ def add_experiment_commands(sub) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("report", help="rebuild the reproduction reports from the run directories, without training")
+    p = _command(sub, cmd_report, "rebuild the reproduction reports from the run directories, without training")
     p.add_argument("out", nargs="?", default="experiments", help="results folder of `reproduce` (default %(default)s)")
     p.set_defaults(func=cmd_report)
 
@@ -705,22 +725,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"spiketide {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
 
-    p = sub.add_parser("train", help="train an SNN with BPTT and write a run directory",
-                       description="Train an SNN (Eq. 1-2, BPTT) and write config.json, metrics.jsonl, checkpoints/ and figures/. "
-                       "Defaults are the paper's: resnet19 on CIFAR-10, T=10, tau=2, SGD lr 0.3, cosine, 300 epochs.")
+    p = _command(sub, cmd_train, "train an SNN with BPTT and write a run directory")
     _add_train_options(p, TrainConfig())
     p.set_defaults(func=cmd_train, parser=p)
 
-    p = sub.add_parser("demo", help="a CPU demo: convnet on Fashion-MNIST showing temporal information concentration",
-                       description="Train convnet on 500 Fashion-MNIST images (T=6, 60 epochs) on the CPU while "
-                       "tracking temporal Fisher information; draws Fig. 1 and Fig. 3, prints the information "
-                       "centroid's course and the TIC rule's verdict.")
+    p = _command(sub, cmd_demo, "a CPU demo: convnet on Fashion-MNIST showing temporal information concentration")
     p.add_argument("--out", type=_path, default="runs/demo", help="run directory (default %(default)s)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="override the number of epochs (for a quick look)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("plot", help="redraw a run's figures (Fig. 1, Fig. 3) from its metrics.jsonl")
+    p = _command(sub, cmd_plot, "redraw a run's figures (Fig. 1, Fig. 3) from its metrics.jsonl")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_plot)
 
