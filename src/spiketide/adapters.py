@@ -43,14 +43,9 @@ def find_resets(model: nn.Module) -> list[Callable[[], Any]]:
 
     Only callables count: snnTorch neurons keep a *tensor* attribute named `reset`, skipped here.
     """
-    found = []
-    for m in model.modules():
-        for name in RESET_METHODS:
-            fn = getattr(m, name, None)
-            if callable(fn):
-                found.append(fn)
-                break
-    return found
+    firsts = (next((fn for name in RESET_METHODS if callable(fn := getattr(m, name, None))), None)
+              for m in model.modules())
+    return [fn for fn in firsts if fn is not None]
 
 
 def is_library_neuron(module: nn.Module) -> bool:
@@ -133,8 +128,7 @@ class Stateless(nn.Module):
                               f"{', '.join(RESET_METHODS)}) and its forward takes no state to thread: pass "
                               "reset=... that clears the neuron state, or give forward a state argument "
                               "(forward(x, state=None) -> (output, state), Norse's convention)")
-        self.model, self.timesteps, self.mode, self.state = model, timesteps, mode, state
-        self.can_thread = can_thread
+        self.model, self.timesteps, self.mode, self.state, self.can_thread = model, timesteps, mode, state, can_thread
         self.reset_fn, self.encode, self.output, self.sample_dims = reset, encode, output, sample_dims
 
     def reset_state(self) -> None:
@@ -146,10 +140,7 @@ class Stateless(nn.Module):
                 fn()
 
     def _per_timestep(self, x: Tensor) -> bool:
-        if self.sample_dims is None:
-            per = x.dim() == 5
-        else:
-            per = x.dim() == self.sample_dims + 2
+        per = x.dim() == (5 if self.sample_dims is None else self.sample_dims + 2)
         if per and x.shape[0] != self.timesteps:
             raise ConfigError(f"per-timestep input has {x.shape[0]} timesteps but the adapter's T is "
                               f"{self.timesteps}; shape {tuple(x.shape)}")
@@ -170,9 +161,7 @@ class Stateless(nn.Module):
     def _select(self, out: Any, threaded: bool) -> Any:
         if threaded:
             out = out[0]
-            if callable(self.output):
-                return self.output(out)
-            if isinstance(out, Tensor) and self.output not in ("logits", "spikes", 0):
+            if isinstance(out, Tensor) and not callable(self.output) and self.output not in ("logits", "spikes", 0):
                 raise ModelOutputError(
                     f"output={self.output!r} but {type(self.model).__name__} returns (output, state) and its state is "
                     "threaded into the next step, so element 1 is the state, not logits: drop output=, or pass "
@@ -186,15 +175,13 @@ class Stateless(nn.Module):
                 "returns (output, state), and Stateless threads it")
         if callable(self.output):
             return self.output(out)
-        if isinstance(out, Tensor) and self.output == "logits":
-            return out
-        if isinstance(out, (tuple, list)) and self.output != "logits":
+        if not isinstance(out, (tuple, list)):
+            return out  # a tensor, or anything else: check_logits judges it
+        if self.output != "logits":
             return out[OUTPUTS.get(self.output, self.output)]
-        if isinstance(out, (tuple, list)):
-            raise ModelOutputError(
-                f"the model returned a {type(out).__name__} of {len(out)} per step; pass output='spikes' (element 0), "
-                "output='membrane' (element 1), an int index or a callable to Stateless to choose the logits")
-        return out  # output chosen but the model returned a tensor: check_logits judges it
+        raise ModelOutputError(
+            f"the model returned a {type(out).__name__} of {len(out)} per step; pass output='spikes' (element 0), "
+            "output='membrane' (element 1), an int index or a callable to Stateless to choose the logits")
 
     def _step_input(self, x: Tensor, t: int, per: bool) -> Tensor:
         if self.encode is not None:

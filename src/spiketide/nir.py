@@ -90,11 +90,8 @@ class _Export:
         return t.detach().cpu().to(torch.float64).numpy().astype(self.dtype)
 
     def conv(self, name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, shape: tuple, src: str) -> tuple[str, tuple]:
-        """A conv with its BatchNorm folded in (running statistics): w' = w g/s, b' = beta + (b - mu) g/s."""
-        w = _weight(conv)
-        b = conv.bias.detach().to(torch.float64) if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
-        if bn is not None:
-            w, b = _fold_bn(w, b, bn)
+        """A conv with its BatchNorm folded in (`_folded`)."""
+        w, b = _folded(conv, bn)
         w = w * self.divide.pop(src, 1.0)  # 1/4, exact: conv(sum / 4) and (conv / 4)(sum) round alike
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ConfigError(f"{name}: only zero padding given as numbers can be exported, got "
@@ -111,8 +108,7 @@ class _Export:
 
     def pool(self, name: str, pool: nn.AvgPool2d, shape: tuple, src: str) -> tuple[str, tuple]:
         c, h, w = shape
-        k, s = _pair(pool.kernel_size), _pair(pool.stride)
-        if k != (2, 2) or s != (2, 2) or _pair(pool.padding) != (0, 0):
+        if (_pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding)) != ((2, 2), (2, 2), (0, 0)):
             raise ConfigError(f"{name}: only the built-in models' 2x2 average pools can be exported")
         if not pool.ceil_mode or (h % 2 == 0 and w % 2 == 0):
             kind = self.nir.SumPool2d if self.pooling == "sum" else self.nir.AvgPool2d
@@ -139,10 +135,7 @@ class _Export:
     def head(self, name: str, pools: list[nn.Module], fc: nn.Linear, bn: nn.BatchNorm1d | None, shape: tuple,
              src: str) -> tuple[str, tuple]:
         """(Flatten +) one Affine computing fc(pools(x).flatten()) (and BatchNorm1d after fc, if given)."""
-        w = _weight(fc)
-        b = fc.bias.detach().to(torch.float64) if fc.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
-        if bn is not None:
-            w, b = _fold_bn(w, b, bn)
+        w, b = _folded(fc, bn)
         if pools:  # the same pooling matrix Q [h*w, H*W] for every channel: W' = W [O, C, h*w] @ Q
             c, h, wd = shape
             q = torch.eye(h * wd, dtype=torch.float64).view(h * wd, 1, h, wd)
@@ -156,19 +149,19 @@ class _Export:
         return self.add(name, self.nir.Affine(weight=self.arr(w), bias=self.arr(b)), src), (w.shape[0],)
 
 
-def _weight(mod: nn.Module) -> torch.Tensor:
-    """The weight in force, float64. A pruned module's `weight` (torch.nn.utils.prune) is only recomputed by its
-    next forward, so after loading a checkpoint it is stale: weight_orig * weight_mask is the one in force."""
-    if hasattr(mod, "weight_orig") and hasattr(mod, "weight_mask"):
-        return (mod.weight_orig * mod.weight_mask).detach().to(torch.float64)
-    return mod.weight.detach().to(torch.float64)
-
-
 def _pair(v) -> tuple[int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
-def _fold_bn(w: torch.Tensor, b: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm):
+def _folded(mod: nn.Module, bn: nn.modules.batchnorm._BatchNorm | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`mod`'s weight in force and bias, float64, with the BatchNorm `bn` after it (if any) folded in (running
+    statistics): w' = w g/s, b' = beta + (b - mu) g/s. A pruned module's `weight` (torch.nn.utils.prune) is only
+    recomputed by its next forward, so after loading a checkpoint it is stale: weight_orig * weight_mask is in force."""
+    pruned = hasattr(mod, "weight_orig") and hasattr(mod, "weight_mask")
+    w = (mod.weight_orig * mod.weight_mask if pruned else mod.weight).detach().to(torch.float64)
+    b = mod.bias.detach().to(torch.float64) if mod.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+    if bn is None:
+        return w, b
     if bn.running_mean is None or bn.running_var is None:
         raise ConfigError("a BatchNorm without running statistics (track_running_stats=False) cannot be folded")
     g = 1.0 / torch.sqrt(bn.running_var.detach().to(torch.float64) + bn.eps)
@@ -179,14 +172,11 @@ def _fold_bn(w: torch.Tensor, b: torch.Tensor, bn: nn.modules.batchnorm._BatchNo
 
 
 def _export_convnet(m: ConvNet, g: _Export, x: str, shape: tuple) -> tuple[str, tuple]:
-    x, shape = g.conv("stem", m.stem[0], m.stem[1], shape, x)
-    x = g.lif("lif0", m.lif0, shape, x)
-    x, shape = g.pool("pool0", m.pool, shape, x)
-    x, shape = g.conv("block1", m.block1[0], m.block1[1], shape, x)
-    x = g.lif("lif1", m.lif1, shape, x)
-    x, shape = g.pool("pool1", m.pool, shape, x)
-    x, shape = g.conv("block2", m.block2[0], m.block2[1], shape, x)
-    x = g.lif("lif2", m.lif2, shape, x)
+    for k, name in enumerate(("stem", "block1", "block2")):
+        x, shape = g.conv(name, *getattr(m, name)[:2], shape, x)
+        x = g.lif(f"lif{k}", getattr(m, f"lif{k}"), shape, x)
+        if k < 2:
+            x, shape = g.pool(f"pool{k}", m.pool, shape, x)
     return g.head("fc", [m.head_pool], m.fc, None, shape, x)
 
 
@@ -208,8 +198,8 @@ def _export_resnet(m: SpikingResNet, g: _Export, x: str, shape: tuple) -> tuple[
 
 def _export_vgg(m: VGG16, g: _Export, x: str, shape: tuple) -> tuple[str, tuple]:
     for k in range(1, m.num_convs + 1):
-        conv = getattr(m, "stem" if k == 1 else f"conv{k}")
-        x, shape = g.conv("stem" if k == 1 else f"conv{k}", conv[0], conv[1], shape, x)
+        name = "stem" if k == 1 else f"conv{k}"
+        x, shape = g.conv(name, *getattr(m, name)[:2], shape, x)
         x = g.lif(f"lif{k}", getattr(m, f"lif{k}"), shape, x)
         if m._pool_after[k - 1] and k < m.num_convs:
             x, shape = g.pool(f"pool{k}", m.pool, shape, x)
@@ -218,7 +208,7 @@ def _export_vgg(m: VGG16, g: _Export, x: str, shape: tuple) -> tuple[str, tuple]
 
 def _export_alexnet(m: AlexNet, g: _Export, x: str, shape: tuple) -> tuple[str, tuple]:
     for k, name in enumerate(("stem", "conv2", "conv3", "conv4", "conv5"), start=1):
-        x, shape = g.conv(name, getattr(m, name)[0], getattr(m, name)[1], shape, x)
+        x, shape = g.conv(name, *getattr(m, name)[:2], shape, x)
         x = g.lif(f"lif{k}", getattr(m, f"lif{k}"), shape, x)
         if k in (1, 2):
             x, shape = g.pool(f"pool{k}", m.pool, shape, x)
@@ -259,8 +249,7 @@ def to_nir(model: SpikingModel, *, dt: float = DEFAULT_DT, dtype: torch.dtype | 
     shape = (model.in_channels, model.image_size, model.image_size)
     x = g.add("input", nir.Input(input_type={"input": np.array(shape)}))
     if model.encoding == "direct":
-        std = model.std.detach().to(torch.float64).flatten()
-        mean = model.mean.detach().to(torch.float64).flatten()
+        std, mean = (v.detach().to(torch.float64).flatten() for v in (model.std, model.mean))
         x = g.add("input_norm", nir.Conv2d(
             input_shape=shape[1:], weight=g.arr(torch.diag(1.0 / std).view(len(std), len(std), 1, 1)), stride=(1, 1),
             padding=(0, 0), dilation=(1, 1), groups=1, bias=g.arr(-mean / std),
@@ -387,12 +376,7 @@ def _np(v) -> np.ndarray:
 
 def _ints(v, n: int = 2) -> tuple[int, ...]:
     a = np.asarray(v).astype(int).flatten()
-    return tuple(int(a[0]) for _ in range(n)) if a.size == 1 else tuple(int(i) for i in a)
-
-
-def _flatten_dims(start: int, end: int):
-    # NIR's dims leave out the batch: dim d of a sample is dim d + 1 of the folded batch
-    return (start + 1 if start >= 0 else start), (end + 1 if end >= 0 else end)
+    return (int(a[0]),) * n if a.size == 1 else tuple(int(i) for i in a)
 
 
 class NIRModel(nn.Module):
@@ -438,8 +422,7 @@ class NIRModel(nn.Module):
             self.add_module(name, mod)
             self.module_of[key] = name
             frozen = "spiketide" in (node.metadata or {})  # to_nir's normalisation and pooling convs
-            for p in mod.parameters():
-                p.requires_grad_(not frozen)
+            mod.requires_grad_(not frozen)
             if isinstance(mod, _NIRLIF):
                 self.stateful.add(key)
             elif any(p.requires_grad for p in mod.parameters()):
@@ -450,24 +433,21 @@ class NIRModel(nn.Module):
     def _build(self, key: str, node, detach_reset, fast_lif, dtype) -> nn.Module:
         kind = type(node).__name__
         t = lambda a: torch.tensor(_np(a), dtype=dtype)  # noqa: E731
-        if kind in ("Affine", "Linear"):
+        if kind in ("Affine", "Linear", "Conv2d"):
             w = _np(node.weight)
-            if w.ndim != 2:
+            if kind == "Conv2d":
+                pad = node.padding if isinstance(node.padding, str) else _ints(node.padding)
+                mod = nn.Conv2d(w.shape[1] * int(node.groups), w.shape[0], tuple(w.shape[2:]),
+                                stride=_ints(node.stride), padding=pad, dilation=_ints(node.dilation),
+                                groups=int(node.groups), dtype=dtype)
+            elif w.ndim != 2:
                 raise ConfigError(f"NIR {kind} {key!r} has a weight of shape {w.shape}; spiketide builds 2-D weights")
-            mod = nn.Linear(w.shape[1], w.shape[0], bias=kind == "Affine", dtype=dtype)
+            else:
+                mod = nn.Linear(w.shape[1], w.shape[0], bias=kind == "Affine", dtype=dtype)
             with torch.no_grad():
                 mod.weight.copy_(t(w))
-                if kind == "Affine":
+                if mod.bias is not None:
                     mod.bias.copy_(t(np.broadcast_to(_np(node.bias), (w.shape[0],))))
-            return mod
-        if kind == "Conv2d":
-            w = _np(node.weight)
-            pad = node.padding if isinstance(node.padding, str) else _ints(node.padding)
-            mod = nn.Conv2d(w.shape[1] * int(node.groups), w.shape[0], tuple(w.shape[2:]), stride=_ints(node.stride),
-                            padding=pad, dilation=_ints(node.dilation), groups=int(node.groups), dtype=dtype)
-            with torch.no_grad():
-                mod.weight.copy_(t(w))
-                mod.bias.copy_(t(np.broadcast_to(_np(node.bias), (w.shape[0],))))
             return mod
         if kind in ("AvgPool2d", "SumPool2d"):
             k, s, p = _ints(node.kernel_size), _ints(node.stride), _ints(node.padding)
@@ -476,7 +456,8 @@ class NIRModel(nn.Module):
                 return pool
             return _Lambda(lambda x: pool(x) * (k[0] * k[1]), f"SumPool2d(kernel={k}, stride={s}, padding={p})")
         if kind == "Flatten":
-            a, b = _flatten_dims(int(node.start_dim), int(node.end_dim))
+            # NIR's dims leave out the batch: dim d of a sample is dim d + 1 of the folded batch
+            a, b = (d + 1 if d >= 0 else d for d in (int(node.start_dim), int(node.end_dim)))
             return _Lambda(lambda x: x.flatten(a, b), f"Flatten(start_dim={node.start_dim}, end_dim={node.end_dim})")
         if kind == "Scale":
             return _Scale(t(node.scale))
