@@ -60,8 +60,7 @@ def exit_curve(model: nn.Module, images: Any, labels: Any, thresholds: Sequence[
                           f"got {type(energy).__name__}")
     images, labels = evaluation.check_images(images, labels)
     counter = None if energy is None else stats.OperationCounter(model, spiking_modules, per_sample=True)
-    if counter is not None and not counter.spiking:
-        counter = None
+    counter = counter if counter is not None and counter.spiking else None
     conf, correct = _confidences(model, images, labels, batch_size, counter)
     T, n = conf.shape
     exits = [_exit_horizons(conf, th) for th in ths]
@@ -118,17 +117,13 @@ def _operations(counter: stats.OperationCounter, exits: list[Tensor], energy: st
     cost = {"sops": sops.cumsum(0), "macs": macs.cumsum(0)}
     cost["energy_pj"] = energy.e_ac_pj * cost["sops"] + energy.e_mac_pj * cost["macs"]
     full = {f"{k}_per_sample": float(c[-1].mean()) for k, c in cost.items()}
-    out: dict[str, Any] = {f"{k}_per_sample": [] for k in cost}
-    out.update(sops_saved_per_sample=[], sops_saving=[], energy_saved_pj_per_sample=[], energy_saving=[])
-    for exit_idx in exits:
-        for k, c in cost.items():
-            out[f"{k}_per_sample"].append(float(c.gather(0, exit_idx[None]).mean()))
-        for k, saved_key, frac_key in (("sops", "sops_saved_per_sample", "sops_saving"),
-                                       ("energy_pj", "energy_saved_pj_per_sample", "energy_saving")):
-            ref = full[f"{k}_per_sample"]
-            saved = ref - out[f"{k}_per_sample"][-1]
-            out[saved_key].append(saved)
-            out[frac_key].append(saved / ref if ref > 0 else 0.0)
+    out: dict[str, Any] = {f"{k}_per_sample": [float(c.gather(0, e[None]).mean()) for e in exits]
+                           for k, c in cost.items()}
+    for k, saved_key, frac_key in (("sops", "sops_saved_per_sample", "sops_saving"),
+                                   ("energy_pj", "energy_saved_pj_per_sample", "energy_saving")):
+        ref = full[f"{k}_per_sample"]
+        out[saved_key] = [ref - v for v in out[f"{k}_per_sample"]]
+        out[frac_key] = [saved / ref if ref > 0 else 0.0 for saved in out[saved_key]]
     out["full_T"] = full
     out["per_timestep"] = {"sops_per_sample": sops.mean(1).tolist(), "macs_per_sample": macs.mean(1).tolist()}
     out["nonbinary_inputs"] = [n for n, _ in counter.synaptic if n in counter.nonbinary]
@@ -148,11 +143,8 @@ def summarize(curve: dict[str, Any], fisher_trace: Any = None, tolerance: float 
         f"Early exit over T={T} timesteps ({curve.get('n', '?')} samples).",
         "Fixed-horizon accuracy: " + ", ".join(f"t={t}: {a:.1%}" for t, a in enumerate(fixed, start=1)),
     ]
-    ok = [
-        (steps, th, acc)
-        for th, acc, steps in zip(curve["thresholds"], curve["accuracy"], curve["mean_timesteps"])
-        if acc >= full - tolerance
-    ]
+    ok = [(steps, th, acc) for th, acc, steps in zip(curve["thresholds"], curve["accuracy"], curve["mean_timesteps"])
+          if acc >= full - tolerance]
     exit_t: float | None = None
     ops = curve.get("operations")
     if ok:
@@ -162,10 +154,8 @@ def summarize(curve: dict[str, Any], fisher_trace: Any = None, tolerance: float 
             i = curve["thresholds"].index(th)
             saving = (f" and {ops['energy_pj_per_sample'][i] / 1e6:.4g} uJ per sample "
                       f"({ops['energy_saving'][i]:.0%} less energy than all T)")
-        lines.append(
-            f"Exiting when confidence > {th:g} keeps {acc:.1%} accuracy (full T: {full:.1%}) "
-            f"using {exit_t:.2f} timesteps on average ({exit_t / T:.0%} of T){saving}."
-        )
+        lines.append(f"Exiting when confidence > {th:g} keeps {acc:.1%} accuracy (full T: {full:.1%}) "
+                     f"using {exit_t:.2f} timesteps on average ({exit_t / T:.0%} of T){saving}.")
     else:
         lines.append(f"No threshold keeps accuracy within {tolerance:.1%} of full-T accuracy {full:.1%}.")
     if ops:
@@ -182,9 +172,8 @@ def summarize(curve: dict[str, Any], fisher_trace: Any = None, tolerance: float 
             raise ConfigError("fisher_trace is all zero: there is no information to locate")
         lines.append(f"Fisher information: 95% is reached by t={t95}; information centroid IC={centroid:.2f} (Eq. 7).")
         if exit_t is not None:
-            lines.append(
-                f"Information concentrates by t={t95} (IC {centroid:.2f}); samples exit on average at t={exit_t:.2f}."
-            )
+            lines.append(f"Information concentrates by t={t95} (IC {centroid:.2f}); samples exit on average "
+                         f"at t={exit_t:.2f}.")
     return "\n".join(lines)
 
 
@@ -199,12 +188,10 @@ def _operations_table(curve: dict[str, Any]) -> list[str]:
         "threshold  accuracy  mean t  SOPs/sample  MACs/sample  uJ/sample  energy saved (uJ, share)",
     ]
     for i, th in enumerate(curve["thresholds"]):
-        lines.append(
-            f"{th:>9g}  {curve['accuracy'][i]:>8.1%}  {curve['mean_timesteps'][i]:>6.2f}  "
-            f"{ops['sops_per_sample'][i]:>11.4g}  {ops['macs_per_sample'][i]:>11.4g}  "
-            f"{ops['energy_pj_per_sample'][i] / 1e6:>9.4g}  "
-            f"{ops['energy_saved_pj_per_sample'][i] / 1e6:>11.4g} {ops['energy_saving'][i]:>6.1%}"
-        )
+        lines.append(f"{th:>9g}  {curve['accuracy'][i]:>8.1%}  {curve['mean_timesteps'][i]:>6.2f}  "
+                     f"{ops['sops_per_sample'][i]:>11.4g}  {ops['macs_per_sample'][i]:>11.4g}  "
+                     f"{ops['energy_pj_per_sample'][i] / 1e6:>9.4g}  "
+                     f"{ops['energy_saved_pj_per_sample'][i] / 1e6:>11.4g} {ops['energy_saving'][i]:>6.1%}")
     return lines
 
 

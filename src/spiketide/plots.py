@@ -127,35 +127,36 @@ def block_heatmap(ax, parts: list[dict[str, Tensor]]) -> AxesImage:
     return im
 
 
-def plot_deficits(result: dict) -> Figure:
-    """Fig. 2: accuracy change when Gaussian noise hits timesteps [t, t+w-1], relative to the last window."""
+def _line_figure(curves, xlabel: str, ylabel: str, title: str, zero_line: bool = False) -> Figure:
+    """A small figure of one "o-" curve per (x, y, label), with a legend and a grid (Fig. 2 and Fig. 7)."""
     fig = Figure(figsize=(5.5, 3.6))
     ax = fig.subplots()
-    for i, entry in enumerate(result["checkpoints"]):
-        ax.plot(entry["window_starts"], [100 * v for v in entry["relative_accuracy"]], "o-", color=f"C{i}",
-                label=f"epoch {entry['epoch']}")
-    ax.axhline(0, color="gray", lw=0.8)
-    ax.set(xlabel=f"noise window start t (window [t, t+{result['window'] - 1}])", ylabel="relative accuracy (points)")
-    ax.set_title("Time-window deficits (Fig. 2)", fontsize=10)
+    for i, (x, y, label) in enumerate(curves):
+        ax.plot(x, y, "o-", color=f"C{i}", label=label)
+    if zero_line:
+        ax.axhline(0, color="gray", lw=0.8)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=10)
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def plot_deficits(result: dict) -> Figure:
+    """Fig. 2: accuracy change when Gaussian noise hits timesteps [t, t+w-1], relative to the last window."""
+    curves = [(e["window_starts"], [100 * v for v in e["relative_accuracy"]], f"epoch {e['epoch']}")
+              for e in result["checkpoints"]]
+    return _line_figure(curves, f"noise window start t (window [t, t+{result['window'] - 1}])",
+                        "relative accuracy (points)", "Time-window deficits (Fig. 2)", zero_line=True)
 
 
 def plot_pruning(result: dict) -> Figure:
     """Fig. 7: test accuracy vs sparsity, one curve per T_retrain."""
-    fig = Figure(figsize=(5.5, 3.6))
-    ax = fig.subplots()
-    for i, (t_retrain, curve) in enumerate(sorted(result["curves"].items(), key=lambda kv: int(kv[0]))):
-        ax.plot([100 * s for s in curve["sparsity"]], [100 * a for a in curve["test_acc"]], "o-", color=f"C{i}",
-                label=f"$T_{{retrain}}$ = {t_retrain}")
-    ax.set(xlabel="sparsity (%)", ylabel="test accuracy (%)")
-    ax.set_title(f"Iterative pruning, trained with T = {result['T']} (Fig. 7)", fontsize=10)
-    ax.legend(frameon=False, fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    curves = [([100 * s for s in c["sparsity"]], [100 * a for a in c["test_acc"]], f"$T_{{retrain}}$ = {t}")
+              for t, c in sorted(result["curves"].items(), key=lambda kv: int(kv[0]))]
+    return _line_figure(curves, "sparsity (%)", "test accuracy (%)",
+                        f"Iterative pruning, trained with T = {result['T']} (Fig. 7)")
 
 
 def plot_run(run_path: str | Path) -> list[Path]:

@@ -92,10 +92,6 @@ def _check_window(name: str, value: int, T: int) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _sample_dims(x: Tensor) -> tuple[int, ...]:
-    return tuple(range(2 if x.ndim == 5 else 1, x.ndim))
-
-
 def _draw(sample: Callable[..., Tensor], x: Tensor, generator: torch.Generator | None) -> Tensor:
     # Drawn on the generator's device and moved, so a CPU generator gives the same values on any device.
     device = generator.device if generator is not None else x.device
@@ -111,7 +107,7 @@ def gaussian_noise(x: Tensor, ratio: float = 0.5, generator: torch.Generator | N
     _check_nonneg("noise ratio", ratio)
     if not x.is_floating_point():
         raise ConfigError(f"gaussian_noise expects float pixels in [0, 1], got dtype {x.dtype}")
-    dims = _sample_dims(x)
+    dims = tuple(range(2 if x.ndim == 5 else 1, x.ndim))  # per sample (and timestep)
     noise = _draw(torch.randn, x, generator)
     x_norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True)
     n_norm = torch.linalg.vector_norm(noise, dim=dims, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
@@ -200,11 +196,9 @@ class _Perturber:
             delta = delta.detach().requires_grad_(True)
             # Sum, not mean, so a sample's gradient does not shrink with batch size.
             loss = F.cross_entropy(predict(self.model, self.apply(delta)), self.y, reduction="sum")
-            if not loss.requires_grad:
-                # No differentiable path (e.g. a hard threshold without surrogate): a zero gradient,
-                # exactly the gradient masking that check_gradient_masking looks for.
-                return torch.zeros_like(delta)
-            (g,) = torch.autograd.grad(loss, delta, allow_unused=True)
+            # No differentiable path (e.g. a hard threshold without surrogate): a zero gradient,
+            # exactly the gradient masking that check_gradient_masking looks for.
+            g = torch.autograd.grad(loss, delta, allow_unused=True)[0] if loss.requires_grad else None
         return torch.zeros_like(delta) if g is None else g
 
 
@@ -218,8 +212,7 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, *,
     """
     _check_attack_args(x, y, eps)
     p = _Perturber(model, x, y, timesteps, T)
-    g = p.grad(torch.zeros_like(x))
-    delta = (x + eps * g.sign()).clamp(0.0, 1.0) - x
+    delta = (x + eps * p.grad(torch.zeros_like(x)).sign()).clamp(0.0, 1.0) - x
     return p.apply(delta).clamp(0.0, 1.0).detach()
 
 
@@ -237,11 +230,9 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, step: floa
     p = _Perturber(model, x, y, timesteps, T)
     delta = torch.zeros_like(x)
     if random_start and eps > 0:
-        delta = (2 * _draw(torch.rand, x, generator) - 1) * eps
-        delta = (x + delta).clamp(0.0, 1.0) - x
+        delta = (x + (2 * _draw(torch.rand, x, generator) - 1) * eps).clamp(0.0, 1.0) - x
     for _ in range(iters):
-        delta = delta + step * p.grad(delta).sign()
-        delta = delta.clamp(-eps, eps)
+        delta = (delta + step * p.grad(delta).sign()).clamp(-eps, eps)
         delta = (x + delta).clamp(0.0, 1.0) - x
     return p.apply(delta).clamp(0.0, 1.0).detach()
 
@@ -404,21 +395,14 @@ def check_gradient_masking(
     if not sweep:
         raise ConfigError("empty eps sweep")
     pts = sorted((float(e), float(a)) for e, a in sweep)
-    problems: list[str] = []
-    for (e0, a0), (e1, a1) in zip(pts, pts[1:]):
-        if a1 > a0 + tolerance:
-            problems.append(f"accuracy rises from {a0:.1%} at eps={e0 * 255:.3g}/255 to {a1:.1%} at eps={e1 * 255:.3g}/255")
+    problems = [f"accuracy rises from {a0:.1%} at eps={e0 * 255:.3g}/255 to {a1:.1%} at eps={e1 * 255:.3g}/255"
+                for (e0, a0), (e1, a1) in zip(pts, pts[1:]) if a1 > a0 + tolerance]
     e_max, a_max = pts[-1]
     if e_max >= large_eps and a_max > max_final_acc and pts[0][1] > max_final_acc:
         problems.append(f"accuracy is still {a_max:.1%} at eps={e_max * 255:.3g}/255 (expected <= {max_final_acc:.0%})")
-    if not problems:
-        return None
-    return (
-        "possible gradient masking: "
-        + "; ".join(problems)
-        + ". Reported robustness may be overestimated; try more PGD iterations, random restarts, "
-        "a different surrogate gradient, or a transfer/black-box attack."
-    )
+    return None if not problems else (
+        "possible gradient masking: " + "; ".join(problems) + ". Reported robustness may be overestimated; try "
+        "more PGD iterations, random restarts, a different surrogate gradient, or a transfer/black-box attack.")
 
 
 def windowed_attack_report(
@@ -488,10 +472,7 @@ def time_window_deficits(
 
     def noisy_window(start: int) -> Perturbation:
         gen = _generator(seed)  # the same seed in every window pass: the same noise per image
-
-        def perturb(x: Tensor, y: Tensor) -> Tensor:
-            return windowed_input(x, gaussian_noise(x, noise_ratio, gen) - x, range(start, start + window), T)
-        return perturb
+        return lambda x, y: windowed_input(x, gaussian_noise(x, noise_ratio, gen) - x, range(start, start + window), T)
 
     starts = list(range(1, T - window + 2))
     acc = _accuracies(model, images, labels, {"clean": None, **{str(s): noisy_window(s - 1) for s in starts}},

@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -144,20 +144,16 @@ def _rows(x: Tensor) -> Tensor:
 
 def _cells(x: Tensor, split: bool) -> Tensor:
     """x as [L, M, rest]: M = x.shape[1] when `split` (a possible multi-step [T, B, ...] batch axis), else 1."""
-    if split:
-        return x.reshape(x.shape[0], x.shape[1], -1)
-    return _rows(x).unsqueeze(1)
+    return x.reshape(x.shape[0], x.shape[1], -1) if split else _rows(x).unsqueeze(1)
 
 
-class _Call:
+class _Call(NamedTuple):
     """One call of a hooked module, already reduced: `values[L, M]` per leading row and, where the second axis could
     be the batch of a multi-step [T, B, features...] layout, per entry of that axis (M = B; else M = 1); on the
     device. `multi`: whether the second axis could be the batch at all."""
 
-    __slots__ = ("values", "multi")
-
-    def __init__(self, values: Tensor, multi: bool):
-        self.values, self.multi = values, multi
+    values: Tensor
+    multi: bool
 
 
 def _by_sample(calls: list[_Call], T: int, B: int, name: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -221,10 +217,8 @@ class OperationCounter:
         self.handles: list[Any] = []
 
     def __enter__(self) -> OperationCounter:
-        for n, m in self.spiking:
-            self.handles.append(m.register_forward_hook(self._spike_hook(n)))
-        for n, m in self.synaptic:
-            self.handles.append(m.register_forward_hook(self._synapse_hook(n)))
+        self.handles += [m.register_forward_hook(self._spike_hook(n)) for n, m in self.spiking]
+        self.handles += [m.register_forward_hook(self._synapse_hook(n)) for n, m in self.synaptic]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -307,9 +301,7 @@ class OperationCounter:
         if self.per_sample:
             for k, v in costs.items():
                 self.samples[k].append(v)
-        for name, flags in self.binary.items():
-            if not all(bool(f) for f in flags):
-                self.nonbinary.add(name)
+        self.nonbinary.update(name for name, flags in self.binary.items() if not all(bool(f) for f in flags))
         self.pending.clear()
         self.binary.clear()
 
@@ -375,29 +367,24 @@ def spike_stats(model: nn.Module, images: Any, labels: Any = None, *, batch_size
     batch_size = whole("batch_size", batch_size, 1)
     nonbinary = _check_nonbinary(nonbinary)
     if labels is None:
-        n = len(images) if hasattr(images, "__len__") else 0
-        labels = torch.zeros(n, dtype=torch.long)
+        labels = torch.zeros(len(images) if hasattr(images, "__len__") else 0, dtype=torch.long)
     images, labels = evaluation.check_images(images, labels)
     counter = OperationCounter(model, spiking_modules, nonbinary=nonbinary)
     if not counter.spiking:
         raise ConfigError("the model has no spiking layers: no spiketide.neuron.LIF module and no SpikingJelly, "
                           "snnTorch or Norse neuron; name its spiking modules with spiking_modules=")
-    device = evaluation.model_device(model)
     T = None
-    bar = progress_bar.bar(math.ceil(len(images) / batch_size), "spike stats", enabled=progress)
-    try:
-        with evaluation.eval_mode(model), torch.no_grad(), counter:
-            for xb, yb in evaluation.pixel_batches(images, labels, batch_size, device):
-                counter.start(xb.shape[0])
-                out = evaluation.logits(model, xb)
-                if T is not None and out.shape[0] != T:
-                    raise ModelOutputError(f"model returned {out.shape[0]} timesteps, earlier batches had {T}")
-                T = out.shape[0]
-                del out
-                counter.finish(T)
-                bar.update(1)
-    finally:
-        bar.close()
+    with (progress_bar.bar(math.ceil(len(images) / batch_size), "spike stats", enabled=progress) as bar,
+          evaluation.eval_mode(model), torch.no_grad(), counter):
+        for xb, yb in evaluation.pixel_batches(images, labels, batch_size, evaluation.model_device(model)):
+            counter.start(xb.shape[0])
+            out = evaluation.logits(model, xb)
+            if T is not None and out.shape[0] != T:
+                raise ModelOutputError(f"model returned {out.shape[0]} timesteps, earlier batches had {T}")
+            T = out.shape[0]
+            del out
+            counter.finish(T)
+            bar.update(1)
     return _result(counter, T, len(images), energy)
 
 
@@ -462,19 +449,17 @@ def stats_figure(result: dict[str, Any]) -> Figure:
     rates = np.array([result["firing_rate"][k] for k in layers]).reshape(len(layers), T)
     im = ax1.imshow(rates, aspect="auto", cmap="viridis", extent=(0.5, T + 0.5, len(layers) - 0.5, -0.5))
     ax1.set_yticks(range(len(layers)), layers, fontsize=7)
-    ax1.set_xticks(ts)
-    ax1.set_xlabel("timestep t")
     ax1.set_title(f"firing rate (overall {result['overall_rate']:.3f})", fontsize=10)
     fig.colorbar(im, ax=ax1, fraction=0.05, pad=0.02)
-    sops = np.sum([v for v in result["sops_per_image"].values()], axis=0) if result["sops_per_image"] else np.zeros(T)
-    macs = (np.sum([v for v in result["snn_macs_per_image"].values()], axis=0)
-            if result["snn_macs_per_image"] else np.zeros(T))
+    sops, macs = (np.sum(list(result[k].values()), axis=0) if result[k] else np.zeros(T)
+                  for k in ("sops_per_image", "snn_macs_per_image"))
     graded = " and non-binary inputs" if result.get("nonbinary") == "macs" and result["nonbinary_inputs"] else ""
     ax2.bar(ts, macs, color="C1", label=f"SNN MACs (before the first spiking layer{graded})")
     ax2.bar(ts, sops, bottom=macs, color="C0", label="SOPs (accumulates)")
     ax2.axhline(result["totals"]["ann_macs_per_image"], color="k", ls="--", lw=1, label="ANN MACs (one pass)")
-    ax2.set_xticks(ts)
-    ax2.set_xlabel("timestep t")
+    for ax in (ax1, ax2):
+        ax.set_xticks(ts)
+        ax.set_xlabel("timestep t")
     ax2.set_ylabel("operations per image")
     e = result["energy"]
     ratio = "" if e["ratio"] is None else f", energy SNN / ANN = {e['ratio']:.3g}"

@@ -95,7 +95,10 @@ class RunTracker:
             raise ConfigError(f"settings= takes TrainConfig fields other than the tracker's own arguments; "
                               f"{'these are set by the tracker: ' + ', '.join(own) if own else ''}"
                               f"{'; ' if own and unknown else ''}{'unknown: ' + ', '.join(unknown) if unknown else ''}")
-        reference = factory if isinstance(factory, str) or factory is None else _reference(factory)
+        if not (factory is None or isinstance(factory, str) or callable(factory)):
+            raise ConfigError(f"factory must be a function or class that builds the model, or its 'module:function' "
+                              f"reference, got {type(factory).__name__}")
+        reference = factory if isinstance(factory, str) or factory is None else reference_of(factory)
         self.model, self.run, self.epochs = model, RunDir(out), epochs
         self.checkpoints, self.checkpoint_epochs = bool(checkpoints), sorted({int(e) for e in checkpoint_epochs})
         self.fisher = FisherTracker(every, len(images), estimator, per_layer, batch_size, seed)
@@ -164,10 +167,8 @@ class RunTracker:
         if self.epochs is not None and epoch > self.epochs:
             raise ConfigError(f"epoch {epoch} is beyond epochs={self.epochs} given to the tracker")
         record: dict[str, Any] = {"epoch": epoch}
-        for name, v in zip(_METRICS, (train_loss, train_acc, test_acc, lr, seconds)):
-            record[name] = _number(name, v)
-        record["images_per_second"] = None
-        record.update(extra)
+        record.update((k, _number(k, v)) for k, v in zip(_METRICS, (train_loss, train_acc, test_acc, lr, seconds)))
+        record.update({"images_per_second": None, **extra})
         if self.fisher.due(epoch, self.epochs):
             record["fisher"] = self.fisher.measure(self.model, epoch)
         if self.epochs is None and epoch > self.config.epochs:  # the run so far: config.json follows it
@@ -200,13 +201,6 @@ class RunTracker:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _reference(fn: Callable[[], nn.Module]) -> str | None:
-    if not callable(fn):
-        raise ConfigError(f"factory must be a function or class that builds the model, or its 'module:function' "
-                          f"reference, got {type(fn).__name__}")
-    return reference_of(fn)
 
 
 def _timesteps(model: nn.Module, images: Tensor) -> int:
