@@ -64,7 +64,6 @@ def _missing(root: Path, spec: dict) -> list[str]:
     for seed, labels in spec["runs"].items():
         for label, tid in labels.items():
             failed = failure_path(root, tid)
-            result = RunResult(root / "runs" / tid)
             if failed.is_file():
                 try:
                     f = json.loads(failed.read_text())
@@ -72,7 +71,7 @@ def _missing(root: Path, spec: dict) -> list[str]:
                 except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                     why = f"failed (its record {failed} is unreadable)"
                 lines.append(f"seed {seed}, {label}: {why}")
-            elif not result.trained:
+            elif not RunResult(root / "runs" / tid).trained:
                 lines.append(f"seed {seed}, {label}: not finished (runs/{tid})")
     return lines
 
@@ -83,11 +82,6 @@ def _runs_table(spec: dict) -> str:
     return markdown_table(["label", *[f"seed {s}" for s in seeds]],
                           [[label, *[f"[{spec['runs'][s][label]}](../runs/{spec['runs'][s][label]})"
                                      if label in spec["runs"][s] else "" for s in seeds]] for label in labels])
-
-
-def _notes(v: Verdict) -> list[str]:
-    return [f"- {v.claim.id}: untestable: {why}" for why in v.untestable] + \
-           [f"- {v.claim.id}: missing: {why}" for why in v.reasons]
 
 
 def write_reports(root: str | os.PathLike) -> Path:
@@ -110,7 +104,8 @@ def write_reports(root: str | os.PathLike) -> Path:
         verdicts, family = family[:len(verdicts)], family[len(verdicts):]
         figs = plots.save(FIGURES[exp.figure](results, exp.title), path.parent / exp.name)
         missing = _missing(root, spec)
-        notes = [line for v in verdicts for line in _notes(v)]
+        notes = [f"- {v.claim.id}: {kind}: {why}" for v in verdicts
+                 for kind, whys in (("untestable", v.untestable), ("missing", v.reasons)) for why in whys]
         body = [f"# {exp.name}: {exp.title}", "",
                 f"Scale `{spec['scale']}`, seeds {', '.join(map(str, spec['seeds']))}. Verdicts are computed from "
                 "the run directories below by the rule and test stated in each row; a missing run is reported, "
@@ -128,20 +123,19 @@ def write_reports(root: str | os.PathLike) -> Path:
 
 
 def _overview(overview: list[tuple[str, Verdict]]) -> str:
-    counts = Counter(v.verdict for _, v in overview)
-    adjusted = Counter(v.holm for _, v in overview)
+    def summary(counts: Counter) -> str:
+        return "; ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts[o])
+
     tested = sum(1 for _, v in overview if v.p is not None and v.verdict != "untestable")
-    summary = "; ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts[o])
-    summary_holm = "; ".join(f"{adjusted[o]} {o}" for o in OUTCOMES if adjusted[o])
     zero = [f"{name}/{v.claim.id}" for name, v in overview if v.zero_spread]
     lines = [
         "# Reproduction report", "",
-        f"{len(overview)} claims: {summary}.", "",
+        f"{len(overview)} claims: {summary(Counter(v.verdict for _, v in overview))}.", "",
         f"Family-wise error: {tested} claims were tested (a p-value from at least two seeds with a spread). Each "
         f"claim's own verdict uses its 95% CI, so with {tested} claims some false verdicts are expected by chance; "
         f"the Holm-adjusted verdict (step-down over those {tested} claims, level {LEVEL:g}) keeps the chance of any "
         f"false \"holds\" or \"contradicted\" in the whole table at most {LEVEL:.0%}. After adjustment: "
-        f"{summary_holm}.", "",
+        f"{summary(Counter(v.holm for _, v in overview))}.", "",
         "Untestable: a precondition of the claim failed in at least one seed (the runs are not in the regime the "
         "claim is about), so no amount of seeds at this scale decides it. Inconclusive: the CI straddles the "
         f"boundary; the power column gives the effect the seeds could detect with {POWER:.0%} power and, at the "

@@ -20,6 +20,7 @@ node sees at the same path, which is checked before any trial starts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -230,6 +231,11 @@ class _Watchdog:
             self.proc.kill()
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception as `Type: first line of its message`."""
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+
+
 def _import_ray():
     try:
         import ray
@@ -271,8 +277,7 @@ def _start_local(ray, workers: int | None, cpus_per_trial: int, gpus_per_trial: 
     except Exception as exc:
         watchdog.started()
         watchdog.close()
-        raise ConfigError(f"could not start a local Ray instance ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}); Ray's logs are under "
+        raise ConfigError(f"could not start a local Ray instance ({_one_line(exc)}); Ray's logs are under "
                           f"{os.environ.get('RAY_TMPDIR') or '/tmp'}/ray/session_latest/logs") from None
     watchdog.started()
     return watchdog
@@ -422,8 +427,7 @@ def _ray_session(workers: int | None, address: str | None, cpus_per_trial: int, 
     watchdog = None
     try:
         if address:
-            where = f"the Ray cluster at {_join_cluster(ray, address)}"
-            _check_fits(ray, cpus_per_trial, gpus_per_trial, where)
+            _check_fits(ray, cpus_per_trial, gpus_per_trial, f"the Ray cluster at {_join_cluster(ray, address)}")
             _resolve_out(root)
             _check_shared(ray, root)
         else:
@@ -439,15 +443,9 @@ def _ray_session(workers: int | None, address: str | None, cpus_per_trial: int, 
 
 # -- running the trials ---------------------------------------------------------------------------------------
 
-_parent_watch_started = False
-
-
+@functools.cache  # one watching thread per worker process
 def _exit_with_parent() -> None:
     """In a Ray worker: exit when its raylet dies, rather than train on for a driver that is gone."""
-    global _parent_watch_started
-    if _parent_watch_started:
-        return
-    _parent_watch_started = True
     parent = os.getppid()
 
     def watch() -> None:
@@ -472,8 +470,7 @@ def _remote_trial(trial: Trial, root: str, threads: int) -> dict[str, Any]:
     except RunInUse as exc:  # another driver (another `reproduce` on the same --out) is running this trial
         return {"id": trial.id, "elsewhere": str(exc).splitlines()[0], "node": node}
     except BaseException as exc:  # noqa: BLE001 - reported with the log's path, never raised into the driver
-        return {"id": trial.id, "node": node,
-                "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]}
+        return {"id": trial.id, "node": node, "error": _one_line(exc)[:500]}
 
 
 def _unfinished(trials: dict[str, Trial], root: Path) -> dict[str, Trial]:
@@ -504,7 +501,7 @@ def _run(ray, trials: dict[str, Trial], todo: dict[str, Trial], root: Path, *, c
             try:
                 out = ray.get(ready[0])
             except Exception as exc:  # noqa: BLE001 - the worker died (out of memory, killed): a failed trial
-                out = {"id": i, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]}
+                out = {"id": i, "error": _one_line(exc)[:500]}
             at = f" on {out['node']}" if out.get("node") else ""
             if "error" in out:
                 out["log"] = str(log)
@@ -563,34 +560,12 @@ def reproduce(names: Sequence[str], scale: str, seeds: Sequence[int], out: str |
 
 # -- the dry run: every trial checked on a couple of images before GPU-hours are spent --------------------------
 
-class _SavedForBackward:
-    """Bytes of the activations autograd keeps for backward (parameters excluded), each storage counted once:
-    the part of a training step's memory that grows with the batch."""
-
-    def __init__(self):
-        self.storages: dict[tuple, int] = {}
-
-    def pack(self, t):
-        if not (t.is_leaf and t.requires_grad):
-            s = t.untyped_storage()
-            self.storages[(str(t.device), s.data_ptr())] = s.nbytes()
-        return t
-
-    @staticmethod
-    def unpack(t):
-        return t
-
-    @property
-    def bytes(self) -> int:
-        return sum(self.storages.values())
-
-
-def _timed(fn, device) -> tuple[Any, float]:
+def _seconds(fn, device) -> float:
     start = time.perf_counter()
-    result = fn()
+    fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return result, time.perf_counter() - start
+    return time.perf_counter() - start
 
 
 def _check_trial(trial: Trial, images: int, device: str) -> dict[str, Any]:
@@ -607,32 +582,41 @@ def _check_trial(trial: Trial, images: int, device: str) -> dict[str, Any]:
             else [], "progress": False, "device": str(dev), "out": str(run.path)})
         trainer = Trainer(config, run_dir=run)
         params = sum(p.numel() for p in trainer.model.parameters())
-        saved = _SavedForBackward()
+        # Bytes of the activations autograd keeps for backward (parameters excluded), each storage counted once:
+        # the part of a training step's memory that grows with the batch.
+        saved: dict[tuple, int] = {}
+
+        def pack(t):
+            if not (t.is_leaf and t.requires_grad):
+                s = t.untyped_storage()
+                saved[(str(t.device), s.data_ptr())] = s.nbytes()
+            return t
+
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
             base = torch.cuda.memory_allocated(dev)
-        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             history = trainer.fit()
         batch = config.batch_size
         row: dict[str, Any] = {
             "id": trial.id, "model": c["model"], "dataset": c["dataset"], "T": c["timesteps"], "params": params,
             "device": str(dev), "step_seconds": history[-1]["seconds"], "batch": batch,
-            "activation_bytes_per_image": saved.bytes / batch,
+            "activation_bytes_per_image": sum(saved.values()) / batch,
             "cuda_peak_bytes_per_image": ((torch.cuda.max_memory_allocated(dev) - base) / batch
                                           if dev.type == "cuda" else None),
         }
         if c["fisher_every"] > 0:  # one image: per-sample Fisher costs about T backward passes per image
             x = data.to_float(trainer.train_set.images[:1])
             y = trainer.train_set.labels[:1]
-            _, row["fisher_seconds"] = _timed(lambda: temporal_fisher(
+            row["fisher_seconds"] = _seconds(lambda: temporal_fisher(
                 trainer.model, x, y, estimator=c["fisher_estimator"], per_layer=c["fisher_per_layer"],
                 batch_size=c["fisher_batch_size"], seed=c["seed"]), dev)
         row["analyses"] = {}
         for name, p in trial.analyses.items():
             small = {"robustness": {"samples": 1}, "deficits": {"samples": 1, "epochs": [0, 1]},
                      "prune": {"rounds": 1, "retrain_epochs": 1}}[name]  # pruning retrains on the training images
-            _, row["analyses"][name] = _timed(lambda: ANALYSES[name](run, config, {**p, **small}), dev)
+            row["analyses"][name] = _seconds(lambda: ANALYSES[name](run, config, {**p, **small}), dev)
     return row
 
 
@@ -675,9 +659,8 @@ def dry_run(names: Sequence[str], scale: str, seeds: Sequence[int], *, images: i
         say(f"data {ds}: train {tr}, test {te}")
     # paper scale: GPU-hours from the measured H200 epoch; cpu and smoke: trial-minutes from the CPU epoch
     unit, per = ("GPU-h", 3600) if scale == "paper" else ("trial-min", 60)
-    head = (f"{'trial':<34} {'model':<9} {'dataset':<13} {'T':>2} {'params':>8} {'step s':>7} {'Fisher s':>8} "
-            f"{'act. MB/img':>11} {'GPU MB/img':>10} {unit + '/seed':>14}  analyses (s)")
-    say(head)
+    say(f"{'trial':<34} {'model':<9} {'dataset':<13} {'T':>2} {'params':>8} {'step s':>7} {'Fisher s':>8} "
+        f"{'act. MB/img':>11} {'GPU MB/img':>10} {unit + '/seed':>14}  analyses (s)")
     rows = []
     for key, t in first.items():
         row = _check_trial(t, images, device)

@@ -144,6 +144,11 @@ def _add(e: Experiment) -> None:
     EXPERIMENTS[e.name] = e
 
 
+def _each(pre: Callable[[str], Precondition]) -> Callable[..., tuple[Precondition, ...]]:
+    return lambda *labels: tuple(pre(lab) for lab in labels)
+
+
+_fits, _tracked, _binds = _each(st.fits), _each(st.fisher_tracked), _each(st.binds)
 _FIT = lambda label: (st.fits(label), st.fisher_tracked(label))  # noqa: E731
 
 
@@ -178,7 +183,7 @@ def _fig1(scale: str) -> tuple[ClaimSpec, ...]:
                   st.i1_lead("base"), _FIT("base")),
         ClaimSpec(Claim("rise-first", "Early in training IC first rises (information spreads to later timesteps)",
                         "SNN at epoch 20 yields the highest IC", "(IC_early − IC_start) / (T − 1)", ">0"),
-                  st.rise("base"), (st.fisher_tracked("base"),)),
+                  st.rise("base"), _tracked("base")),
         ClaimSpec(Claim("i1-share-rises", "The share of information at t = 1 grows from early training to the end",
                         "the early-time information increases", "share of I_1, end level − early level", ">0"),
                   st.share_change("base", 0), _FIT("base")),
@@ -242,13 +247,12 @@ def _ablation(name: str, title: str, what: str, runs: Callable[[str], dict[str, 
         out = tuple(_tic_rule(lab, f"TIC appears with {what} {lab.split('=')[-1]}",
                               "most cases show TIC at the later epochs (Fig. 4)") for lab in r)
         out += extra(scale, list(r))
-        if same_accuracy:
-            base = _base_label(r, same_accuracy, scale)
-            out += () if base is None else tuple(ClaimSpec(Claim(f"acc-{lab}", f"Accuracy with {lab} is within 2 points of {base}",
-                                         "IC transition speed changes, but there was no conspicuous effect on "
-                                         "accuracy", f"acc({lab}) − acc({base})", "~0", margin=_SIMILAR_ACC),
-                                   st.diff(st.acc(lab), st.acc(base)), (st.fits(lab), st.fits(base)))
-                         for lab in r if lab != base)
+        base = _base_label(r, same_accuracy, scale) if same_accuracy else None
+        out += tuple(ClaimSpec(Claim(f"acc-{lab}", f"Accuracy with {lab} is within 2 points of {base}",
+                                     "IC transition speed changes, but there was no conspicuous effect on accuracy",
+                                     f"acc({lab}) − acc({base})", "~0", margin=_SIMILAR_ACC),
+                               st.diff(st.acc(lab), st.acc(base)), _fits(lab, base))
+                     for lab in r if base is not None and lab != base)
         return out
     _add(Experiment(name, title, runs=runs, figure="ic", claims=claims))
 
@@ -265,15 +269,13 @@ _sweep("fig4-timesteps", "Fig. 4(a): TIC for several T", "T", "timesteps", "T={}
     ClaimSpec(Claim("longer-T-later", "A longer T starts the IC transition later (smoothed IC peaks later)",
                     "a longer timestep starts late IC transition from high to low",
                     "epoch of the smoothed IC peak / epochs: longest T − shortest T", ">0"),
-              st.diff(st.transition(labels[-1]), st.transition(labels[0])),
-              (st.fisher_tracked(labels[-1]), st.fisher_tracked(labels[0]))),))
+              st.diff(st.transition(labels[-1]), st.transition(labels[0])), _tracked(labels[-1], labels[0])),))
 
 _sweep("fig4-tau", "Fig. 4(b): TIC for tau = 0.75, 2, 4", "tau", "tau", "tau={}", lambda scale, labels: (
     ClaimSpec(Claim("high-tau-higher-ic", "tau = 4 has a higher IC mid-training than tau = 2",
                     "the higher time constant (tau = 4) shows relatively higher IC compared to the others",
                     "(IC(tau=4) − IC(tau=2)) over the middle third of training / (T − 1)", ">0"),
-              st.diff(st.ic_mid("tau=4.0"), st.ic_mid("tau=2.0")),
-              (st.fisher_tracked("tau=4.0"), st.fisher_tracked("tau=2.0"))),))
+              st.diff(st.ic_mid("tau=4.0"), st.ic_mid("tau=2.0")), _tracked("tau=4.0", "tau=2.0")),))
 
 _sweep("fig4-weight-decay", "Fig. 4(c): TIC for several weight decays", "weight decay", "weight_decay", "wd={:g}",
        lambda scale, labels: (
@@ -288,7 +290,7 @@ _sweep("fig4-lr", "Fig. 4(d): TIC for four learning rates", "lr", "lr", "lr={:g}
                     "a lower lr shows late IC transition from late timesteps to early timesteps",
                     "epoch of the smoothed IC peak / epochs: lowest lr − default lr", ">0"),
               st.diff(st.transition(labels[0]), st.transition(f"lr={base_config(scale)['lr']:g}")),
-              (st.fisher_tracked(labels[0]), st.fisher_tracked(f"lr={base_config(scale)['lr']:g}"))),))
+              _tracked(labels[0], f"lr={base_config(scale)['lr']:g}")),))
 
 # scikit-learn's digits (the second offline dataset) has 450 test images: all of them are used.
 _DATASET_OVERRIDES = {"digits": {"test_subset": None}}
@@ -311,10 +313,6 @@ _ablation(
 
 def _alpha_runs(scale: str) -> dict[str, dict]:
     return {f"alpha-{lvl}": {"loss": "alpha", "alpha": a} for lvl, a in _SCALES[scale].alphas.items()}
-
-
-def _binds(*labels: str) -> tuple[Precondition, ...]:
-    return tuple(st.binds(lab) for lab in labels)
 
 
 _add(Experiment(
@@ -370,7 +368,7 @@ def _table1(scale: str) -> tuple[ClaimSpec, ...]:
                             "high alpha (which suppresses it)", "the SNN model that shows temporal concentration "
                             "behavior might have better robustness (the argument after Eq. 11)",
                             "PGD drop(high alpha) − drop(ce)", ">0"),
-                      st.diff(st.drop(hi, "pgd"), st.drop("ce", "pgd")), (st.fits("ce"),) + _binds(hi)),)
+                      st.diff(st.drop(hi, "pgd"), st.drop("ce", "pgd")), _fits("ce") + _binds(hi)),)
     return out
 
 
@@ -386,15 +384,15 @@ def _fig7(scale: str) -> tuple[ClaimSpec, ...]:
             ClaimSpec(Claim(f"{m}-late-near-zero", f"{m} trained with T = 5: information after t = 3 is near zero "
                             "(under a tenth of the total)", "Fisher information shows near-zero values after T = 3 "
                             "(Fig. 6(b))", "Σ_{t>3} I_t / Σ I_t at the end − 0.1", "<0"),
-                      st.late_share(m, 3), (st.fits(m),)),
+                      st.late_share(m, 3), _fits(m)),
             ClaimSpec(Claim(f"{m}-t3-close", f"{m}: T_retrain = 3 is within 1 point of T = 5 at the highest sparsity",
                             "for T_retrain = 3, 4, 5 we achieve similar pruning performance",
                             "acc(T_retrain=5) − acc(T_retrain=3)", "~0", margin=0.01),
-                      st.diff(st.pruned(m, 5), st.pruned(m, 3)), (st.fits(m),)),
+                      st.diff(st.pruned(m, 5), st.pruned(m, 3)), _fits(m)),
             ClaimSpec(Claim(f"{m}-t2-worse", f"{m}: T_retrain = 2 loses more than 1 point against T = 5",
                             "T_retrain = 2 shows huge performance degradation",
                             "acc(T_retrain=5) − acc(T_retrain=2)", ">0", margin=0.01),
-                      st.diff(st.pruned(m, 5), st.pruned(m, 2)), (st.fits(m),)))
+                      st.diff(st.pruned(m, 5), st.pruned(m, 2)), _fits(m)))
     return out
 
 
@@ -419,12 +417,10 @@ _add(Experiment(
         ClaimSpec(Claim("resnet19-saturates-4", "ResNet19 saturates at T = 4 (T = 8 within 1 point)",
                         "ResNet19 shows performance saturation at timestep 4", "acc(T=8) − acc(T=4)", "~0",
                         margin=0.01),
-                  st.diff(st.acc("resnet19-T=8"), st.acc("resnet19-T=4")),
-                  (st.fits("resnet19-T=8"), st.fits("resnet19-T=4"))),
+                  st.diff(st.acc("resnet19-T=8"), st.acc("resnet19-T=4")), _fits("resnet19-T=8", "resnet19-T=4")),
         ClaimSpec(Claim("alexnet-needs-8", "AlexNet still gains more than 1 point from T = 4 to T = 8",
                         "AlexNet saturates at timestep 8", "acc(T=8) − acc(T=4)", ">0", margin=0.01),
-                  st.diff(st.acc("alexnet-T=8"), st.acc("alexnet-T=4")),
-                  (st.fits("alexnet-T=8"), st.fits("alexnet-T=4"))),
+                  st.diff(st.acc("alexnet-T=8"), st.acc("alexnet-T=4")), _fits("alexnet-T=8", "alexnet-T=4")),
     ),
     figure="accuracy-vs-T"))
 
@@ -451,8 +447,7 @@ _add(Experiment(
                   st.diff(st.ic_end("per-timestep"), st.ic_end("ce")), _FIT("per-timestep") + _FIT("ce")),
         ClaimSpec(Claim("per-timestep-pgd", "Per-timestep CE loses less accuracy to PGD than mean-output CE",
                         _HYPOTHESIS, "PGD drop(ce) − drop(per-timestep)", ">0"),
-                  st.diff(st.drop("ce", "pgd"), st.drop("per-timestep", "pgd")),
-                  (st.fits("per-timestep"), st.fits("ce"))),
+                  st.diff(st.drop("ce", "pgd"), st.drop("per-timestep", "pgd")), _fits("per-timestep", "ce")),
     ),
     figure="ic"))
 
@@ -467,8 +462,7 @@ _add(Experiment(
                   st.diff(st.ic_end("poisson"), st.ic_end("direct")), _FIT("poisson") + _FIT("direct")),
         ClaimSpec(Claim("poisson-pgd", "Poisson coding loses less accuracy to PGD than direct coding", _HYPOTHESIS,
                         "PGD drop(direct) − drop(poisson)", ">0"),
-                  st.diff(st.drop("direct", "pgd"), st.drop("poisson", "pgd")),
-                  (st.fits("poisson"), st.fits("direct"))),
+                  st.diff(st.drop("direct", "pgd"), st.drop("poisson", "pgd")), _fits("poisson", "direct")),
     ),
     figure="ic"))
 

@@ -217,13 +217,8 @@ def holm(verdicts: Sequence[Verdict], level: float = LEVEL) -> list[Verdict]:
     for rank, (p, i) in enumerate(tested):
         running = max(running, min(1.0, (k - rank) * p))
         adjusted[i] = running
-    out = []
-    for i, v in enumerate(verdicts):
-        h = v.verdict
-        if i in adjusted and v.verdict in DECISIVE and adjusted[i] >= level:
-            h = "inconclusive"
-        out.append(replace(v, holm=h))
-    return out
+    return [replace(v, holm="inconclusive" if i in adjusted and v.verdict in DECISIVE and adjusted[i] >= level
+                    else v.verdict) for i, v in enumerate(verdicts)]
 
 
 def _sig(x: float, digits: int = 2) -> str:
@@ -266,9 +261,9 @@ def format_verdict(v: Verdict, holm_adjusted: bool = False) -> str:
 
 def format_power(v: Verdict) -> str:
     """Seeds had and planned, the effect 80% power detects, and the seeds a conclusive verdict needs."""
-    if v.verdict in ("untestable", "missing") or v.n < 2:
-        return f"{v.n} of {v.planned} seeds"
     parts = [f"{v.n} of {v.planned} seeds"]
+    if v.verdict in ("untestable", "missing") or v.n < 2:
+        return parts[0]
     if v.detectable is not None:
         parts.append(f"detects ±{_sig(v.detectable)}")
     if v.verdict == "inconclusive":
