@@ -85,7 +85,5 @@ class FisherTracker(Callback):
 
 def from_config(config) -> list[Callback]:
     """The callbacks a `TrainConfig`'s flags ask for: Fisher tracking when `fisher_every > 0`."""
-    if config.fisher_every > 0:
-        return [FisherTracker(config.fisher_every, config.fisher_samples, config.fisher_estimator,
-                              config.fisher_per_layer, config.fisher_batch_size, config.seed)]
-    return []
+    return [FisherTracker(config.fisher_every, config.fisher_samples, config.fisher_estimator, config.fisher_per_layer,
+                          config.fisher_batch_size, config.seed)] if config.fisher_every > 0 else []

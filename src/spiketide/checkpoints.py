@@ -23,8 +23,7 @@ from spiketide.factory import class_path
 from spiketide.runs import RunDir, load_checkpoint, run_of
 
 __all__ = ["read_run", "select_device", "build_model", "class_path", "model_identity", "model_state",
-           "checkpoint_identity",
-           "check_checkpoint", "load_model", "apply_masks_from_state"]
+           "checkpoint_identity", "check_checkpoint", "load_model", "apply_masks_from_state"]
 
 
 def read_run(path: str | os.PathLike | RunDir) -> tuple[RunDir, TrainConfig]:
@@ -39,8 +38,7 @@ def read_run(path: str | os.PathLike | RunDir) -> tuple[RunDir, TrainConfig]:
 def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            return torch.device("cuda", local)
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
     try:
         dev = torch.device(name)
@@ -107,8 +105,7 @@ def checkpoint_identity(state: dict, where: str | os.PathLike) -> tuple[dict, Tr
     if stored is not None:
         if not isinstance(stored, dict):
             raise CheckpointError(f"{where}: 'identity' is not a mapping; the file was edited or damaged")
-        diff = _first_difference(stored, ident)
-        if diff:
+        if diff := _first_difference(stored, ident):
             raise CheckpointError(f"{where} is inconsistent: it records {diff[0]} {diff[1]!r}, but its config builds "
                                   f"{diff[2]!r}; the file was edited, or written under other dataset definitions")
     return ident, config
@@ -122,18 +119,13 @@ def _first_difference(a: dict, b: dict) -> tuple[str, Any, Any] | None:
     return None
 
 
-def _run_identity(run: RunDir, config: TrainConfig) -> dict:
-    recorded = run.read_config()
-    model_class = recorded.get("model_class") if isinstance(recorded.get("model_class"), str) else None
-    return model_identity(config, None, model_class)
-
-
 def check_checkpoint(checkpoint: str | os.PathLike, state: dict, run: RunDir, config: TrainConfig) -> TrainConfig:
     """Refuse a checkpoint whose identity differs from the run it lies in, naming the first difference;
     returns the checkpoint's own config."""
     ident, ckpt_config = checkpoint_identity(state, checkpoint)
-    diff = _first_difference(ident, _run_identity(run, config))
-    if diff:
+    model_class = run.read_config().get("model_class")
+    run_ident = model_identity(config, None, model_class if isinstance(model_class, str) else None)
+    if diff := _first_difference(ident, run_ident):
         raise CheckpointError(f"{checkpoint} is not a checkpoint of the run {run.path}: its {diff[0]} is {diff[1]!r}, "
                               f"the run's is {diff[2]!r} ({ident['model']} / {ident['dataset']} checkpoint); move it "
                               "out of that run directory (a copy elsewhere can be analysed on its own)")
@@ -170,8 +162,7 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
         model.load_state_dict(sd)
     except RuntimeError as exc:
         raise CheckpointError(f"{checkpoint}: weights do not fit model {config.model!r}: {str(exc)[:300]}") from None
-    timesteps = state.get("timesteps")
-    if timesteps:
+    if timesteps := state.get("timesteps"):
         model.timesteps = int(timesteps)
     return model.to(device), config, state
 

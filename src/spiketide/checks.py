@@ -93,7 +93,7 @@ def _fits(value: Any, hint: Any) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return is_whole(value)
     if hint is float:
         return isinstance(value, numbers.Real) and not isinstance(value, bool)
     return isinstance(value, hint)
@@ -129,8 +129,7 @@ def check_fields(obj: Any, schema: type, where: str | os.PathLike, optional: Map
     if not isinstance(obj, dict):
         raise CheckpointError(f"{where} holds a JSON {json_kind(obj)}, not an object of settings; the file was "
                               "edited or damaged: restore it or start a new run")
-    problem = field_problem(obj, schema, optional)
-    if problem:
+    if problem := field_problem(obj, schema, optional):
         hint = " (no default is assumed for a recorded run)" if problem.startswith("lacks") else ""
         raise CheckpointError(f"{where} {problem}{hint}; the file was edited or damaged: restore it or start a new "
                               "run")

@@ -127,8 +127,7 @@ class TrainConfig:
         for name in ("data_root", "out"):  # a Path given in Python is recorded as its string
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
-        problem = field_problem(self.to_dict(), type(self))
-        if problem:
+        if problem := field_problem(self.to_dict(), type(self)):
             raise ConfigError(f"TrainConfig {problem}")
         if not is_python_model(self.model) and self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)} (or python:<factory> "

@@ -22,7 +22,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-
 from torch import nn
 
 from spiketide.config import PYTHON_MODEL as PREFIX, is_python_model

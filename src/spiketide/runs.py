@@ -36,38 +36,36 @@ __all__ = [
 ]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _temp_prefix(name: str) -> str:
     """How the temporary of an atomic write of file `name` begins (hidden, beside it)."""
     return f".{name}."
 
 
-def _temp_beside(path: Path) -> tuple[int, str]:
-    """A temp file next to `path` with ordinary permissions (mkstemp alone would make it owner-only)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_umask())
-    return fd, tmp
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: readers never see half a file."""
+@contextmanager
+def _replacing(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary file beside `path` to write; once written it is fsynced and renamed onto `path` (readers never
+    see half a file), and removed if the writing fails or is interrupted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_beside(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # ordinary permissions: mkstemp alone makes it owner-only
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: readers never see half a file."""
+    with _replacing(path) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -105,18 +103,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     """torch.save into a temp file, then rename, so a kill never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_beside(path)
-    os.close(fd)
-    try:
+    with _replacing(path) as tmp:
         torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -144,26 +132,24 @@ _EPOCH_RE = re.compile(r"epoch_(\d+)\.pt$")
 
 # Per-epoch numbers a metrics record may hold: each a number or null (an unmeasured epoch).
 _METRIC_NUMBERS = ("train_loss", "train_acc", "test_acc", "lr", "seconds", "images_per_second")
+_DAMAGED = "the file was edited or damaged: restore it or start a new run"
 
 
 def _check_record(record: Any, where: str) -> int:
     """A metrics.jsonl line: an object whose `epoch` is a whole number >= 0; returns that epoch."""
     if not isinstance(record, dict):
-        raise CheckpointError(f"{where} is a JSON {json_kind(record)}, not an epoch record; the file was edited "
-                              "or damaged: restore it or start a new run")
-    epoch = record.get("epoch", None)
+        raise CheckpointError(f"{where} is a JSON {json_kind(record)}, not an epoch record; {_DAMAGED}")
+    epoch = record.get("epoch")
     if "epoch" not in record or isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         what = ("has no 'epoch'" if "epoch" not in record
                 else f"has 'epoch' {json.dumps(epoch)}, not a whole number >= 0")
-        raise CheckpointError(f"{where} {what}; the file was edited or damaged: restore it or start a new run")
+        raise CheckpointError(f"{where} {what}; {_DAMAGED}")
     for key in _METRIC_NUMBERS:
         v = record.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise CheckpointError(f"{where}: {key!r} is {json.dumps(v)}, not a number or null; the file was edited "
-                                  "or damaged: restore it or start a new run")
+            raise CheckpointError(f"{where}: {key!r} is {json.dumps(v)}, not a number or null; {_DAMAGED}")
     if record.get("fisher") is not None and not isinstance(record["fisher"], dict):
-        raise CheckpointError(f"{where}: 'fisher' is not an object; the file was edited or damaged: restore it or "
-                              "start a new run")
+        raise CheckpointError(f"{where}: 'fisher' is not an object; {_DAMAGED}")
     return epoch
 
 
@@ -258,8 +244,7 @@ class RunDir:
         try:
             lines = self.metrics_path.read_text().splitlines()
         except UnicodeDecodeError:
-            raise CheckpointError(f"{self.metrics_path} is not UTF-8 text; the file was edited or damaged: restore "
-                                  "it or start a new run") from None
+            raise CheckpointError(f"{self.metrics_path} is not UTF-8 text; {_DAMAGED}") from None
         for i, line in enumerate(lines, 1):
             if not line.strip():
                 continue

@@ -73,13 +73,13 @@ class _GlobalBatchNorm2d(_GlobalBatchNorm, nn.BatchNorm2d):
     pass
 
 
+_GLOBAL_BATCHNORM = {nn.BatchNorm1d: _GlobalBatchNorm1d, nn.BatchNorm2d: _GlobalBatchNorm2d}
+
+
 def _use_global_batchnorm(model: nn.Module) -> None:
     for m in model.modules():
-        # Swapping the class keeps parameters, buffers and state_dict keys unchanged.
-        if type(m) is nn.BatchNorm2d:
-            m.__class__ = _GlobalBatchNorm2d
-        elif type(m) is nn.BatchNorm1d:
-            m.__class__ = _GlobalBatchNorm1d
+        if type(m) in _GLOBAL_BATCHNORM:  # swapping the class keeps parameters, buffers and state_dict keys
+            m.__class__ = _GLOBAL_BATCHNORM[type(m)]
 
 
 def _global_mean(global_batch: int):
@@ -89,12 +89,6 @@ def _global_mean(global_batch: int):
         return all_reduce(v.sum(-1)) / global_batch
 
     return mean
-
-
-def _distributed() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    return world, rank
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -113,7 +107,7 @@ class Trainer:
                  extra_config: dict | None = None, loss_fn=None):
         self.config = config.validate()
         self.callbacks = list(callbacks)
-        self.world, self.rank = _distributed()
+        self.world, self.rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
         self.is_main = self.rank == 0
         self.device = select_device(config.device)
         self.amp = bool(config.amp and self.device.type == "cuda")
@@ -128,12 +122,10 @@ class Trainer:
                 torch.cuda.set_device(self.device)
             torch.distributed.init_process_group(backend)
         torch.manual_seed(config.seed)
-        self.train_set = train_set or data.load(config.dataset, "train", root=config.data_root, subset=config.subset,
-                                                seed=config.seed, device=self.device)
-        self.test_set = test_set or data.load(config.dataset, "test", root=config.data_root,
-                                              subset=config.test_subset, seed=config.seed, device=self.device)
-        self.train_set = self.train_set.to(self.device)
-        self.test_set = self.test_set.to(self.device)
+        self.train_set = (train_set or data.load(config.dataset, "train", root=config.data_root, subset=config.subset,
+                                                 seed=config.seed, device=self.device)).to(self.device)
+        self.test_set = (test_set or data.load(config.dataset, "test", root=config.data_root, subset=config.test_subset,
+                                               seed=config.seed, device=self.device)).to(self.device)
         self.model = (model if model is not None else build_model(config)).to(self.device)
         self.loss_fn = loss_fn if loss_fn is not None else make_loss(config.loss, config.alpha, config.tet_lambda)
         self.optimizer = self._make_optimizer()
@@ -270,9 +262,8 @@ class Trainer:
             if self.is_main:
                 self.run.write_metrics(self.history)
             return
-        record = {"epoch": 0, "train_loss": None, "train_acc": None, "test_acc": self.evaluate(),
-                  "lr": self.optimizer.param_groups[0]["lr"], "seconds": 0.0, "images_per_second": None}
-        self._finish_epoch(record)
+        self._finish_epoch({"epoch": 0, "train_loss": None, "train_acc": None, "test_acc": self.evaluate(),
+                            "lr": self.optimizer.param_groups[0]["lr"], "seconds": 0.0, "images_per_second": None})
 
     def _finish_epoch(self, record: dict) -> None:
         for cb in self.callbacks:
