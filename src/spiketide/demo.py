@@ -61,10 +61,9 @@ def tic_summary(records: list[dict], epochs: int) -> dict:
 def _fresh(out: str | None) -> str:
     if out is not None:
         return out
-    base = Path("runs/demo")
-    path, i = base, 1
+    path, i = Path("runs/demo"), 1
     while RunDir(path).exists():
-        path, i = Path(f"{base}-{i}"), i + 1
+        path, i = Path(f"runs/demo-{i}"), i + 1
     return str(path)
 
 

@@ -6,6 +6,7 @@ Fisher) does around a forward pass. It sits low in the stack and imports nothing
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,11 +37,8 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a model with neither)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 def check_logits(out: Any, batch_size: int | None = None, num_classes: int | None = None) -> Tensor:
@@ -110,8 +108,7 @@ def pixel_batches(images: Tensor, labels: Tensor, batch_size: int,
                   device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """(float pixels, labels) batches of a checked image set, in order, on `device`."""
     for start in range(0, images.shape[0], batch_size):
-        xb = images[start:start + batch_size].to(device)
-        yield to_float(xb), labels[start:start + batch_size].to(device)
+        yield to_float(images[start:start + batch_size].to(device)), labels[start:start + batch_size].to(device)
 
 
 Perturbation = Callable[[Tensor, Tensor], Tensor]

@@ -86,7 +86,6 @@ class Loss:
         return self.name + param.get(self.name, "")
 
 
-
 # The paper's [low, intermediate, high] alpha per dataset (section "Analysis on TIC: Robustness Perspective").
 ALPHA_PRESETS: dict[str, dict[str, float]] = {
     "cifar10": {"low": 1e-3, "intermediate": 1e-2, "high": 7e-2},

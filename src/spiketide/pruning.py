@@ -88,13 +88,9 @@ def _alive(module: nn.Module, name: str = "weight") -> torch.Tensor:
 
 def sparsity(model: nn.Module) -> float:
     """Fraction of prunable weights (Conv1d/Conv2d/Linear) that are pruned (masked out, or exactly zero)."""
-    params = prunable(model)
-    alive_masks = [_alive(m, n) for m, n in params]
-    total = sum(a.numel() for a in alive_masks)
-    if total == 0:
-        return 0.0
-    alive = sum(int(a.sum()) for a in alive_masks)
-    return 1.0 - alive / total
+    alive = [_alive(m, n) for m, n in prunable(model)]
+    total = sum(a.numel() for a in alive)
+    return 1.0 - sum(int(a.sum()) for a in alive) / total if total else 0.0
 
 
 def prune_round(model: nn.Module, amount: float) -> float:
@@ -130,10 +126,7 @@ def rewind_weights(model: nn.Module, early_state: Mapping[str, torch.Tensor]) ->
         if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in current:
             new[key] = value
             continue
-        if key.endswith("_orig") and key not in early_state:
-            src = key[: -len("_orig")]
-        else:
-            src = key
+        src = key[: -len("_orig")] if key.endswith("_orig") and key not in early_state else key
         if src not in early_state:
             raise CheckpointError(f"the rewind checkpoint has no {src!r}; it belongs to another model")
         early = early_state[src]
@@ -179,8 +172,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     header = ["T_retrain"] + [f"{100 * s:.1f}%" for s in first["sparsity"]] + ["compute saving"]
     lines.append(markdown_table(header, [[k, *(f"{100 * a:.2f}" for a in result["curves"][k]["test_acc"]),
                                           f"{result['compute_saving'][k]:.1f}%"] for k in keys]))
-    lines.append("")
-    lines.append("Columns: sparsity after each round (round 0 = the trained model); cells: test accuracy (%).")
+    lines += ["", "Columns: sparsity after each round (round 0 = the trained model); cells: test accuracy (%)."]
     if result.get("auto"):
         lines += ["", f"**T_retrain chosen automatically:** {result['auto']['explanation']}"]
     lines.append("")

@@ -57,8 +57,7 @@ def _t_retrain_list(t_retrain: Any, T: int) -> list[int]:
 
 def _measure_fisher(model: nn.Module, inputs, targets, estimator: str, batch_size: int) -> list[float]:
     """Temporal Fisher trace I_t (Eq. 6) of `model` (a separate function so tests can replace it)."""
-    profile = temporal_fisher(model, inputs, targets, estimator=estimator, batch_size=batch_size)
-    return [float(v) for v in profile.trace.flatten().tolist()]
+    return temporal_fisher(model, inputs, targets, estimator=estimator, batch_size=batch_size).trace.flatten().tolist()
 
 
 def _accuracy_at(model: nn.Module, test_set: data.ImageSet, t: int, config: TrainConfig) -> float:

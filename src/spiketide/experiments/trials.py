@@ -34,7 +34,6 @@ from spiketide.train import Trainer
 __all__ = ["Trial", "RunResult", "run_trial", "trial_id", "resolve_config", "logged_to", "ANALYSES"]
 
 
-
 def trial_id(config: dict) -> str:
     """`<model>-<dataset>-<hash>` of the options that change what the run computes and differ from their
     defaults, so that adding an option (whose default keeps the old behaviour) leaves every id unchanged."""

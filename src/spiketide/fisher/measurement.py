@@ -5,7 +5,6 @@ gradient norms per group, and the check that the model keeps no state between ca
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from spiketide.checks import whole
 from spiketide.errors import ConfigError, ModelOutputError
 from spiketide.evaluation import eval_mode, logits, model_device, to_float
 from spiketide.fisher.profile import ESTIMATORS
@@ -35,8 +35,7 @@ def check_arguments(model: Any, inputs: Any, targets: Any, estimator: str, batch
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if estimator not in ESTIMATORS:
         raise ConfigError(f"unknown Fisher estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    whole("batch_size", batch_size, 1)
     if not isinstance(inputs, Tensor):
         raise ConfigError(f"inputs must be a tensor [N, ...] or [T, N, C, H, W], got {type(inputs).__name__}")
     targets = targets if isinstance(targets, Tensor) else torch.as_tensor(targets)

@@ -19,7 +19,6 @@ __all__ = ["ESTIMATORS", "FisherProfile", "information_centroid", "cumulative_sh
            "summarize", "read_profiles"]
 
 
-
 def information_centroid(trace: Tensor | Sequence[float]) -> float:
     """Eq. 7: IC = sum_t t I_t / sum_t I_t with t = 1..T; nan if the trace sums to zero."""
     tr = torch.as_tensor(trace, dtype=torch.float64).detach().cpu().flatten()

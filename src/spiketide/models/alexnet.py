@@ -5,14 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spiketide.models.base import AvgPool2d, SpikingModel, fold, register, scale_width
+from spiketide.models.base import AvgPool2d, SpikingModel, conv_bn, fold, register, scale_width
 from spiketide.neuron import LIF
 
 __all__ = ["AlexNet"]
-
-
-def _conv_bn(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
 
 
 @register("alexnet")
@@ -39,11 +35,11 @@ class AlexNet(SpikingModel):
         super().__init__(num_classes=num_classes, timesteps=timesteps, in_channels=in_channels,
                          image_size=image_size, **kw)
         c1, c2, c3, c4, c5, h = (scale_width(c, self.width) for c in (96, 256, 384, 384, 256, 1024))
-        self.stem = _conv_bn(in_channels, c1)
-        self.conv2 = _conv_bn(c1, c2)
-        self.conv3 = _conv_bn(c2, c3)
-        self.conv4 = _conv_bn(c3, c4)
-        self.conv5 = _conv_bn(c4, c5)
+        self.stem = conv_bn(in_channels, c1)
+        self.conv2 = conv_bn(c1, c2)
+        self.conv3 = conv_bn(c2, c3)
+        self.conv4 = conv_bn(c3, c4)
+        self.conv5 = conv_bn(c4, c5)
         for k in range(1, 8):
             setattr(self, f"lif{k}", LIF(tau))
         self.pool = AvgPool2d(ceil_mode=True)

@@ -12,7 +12,7 @@ from spiketide.config import ENCODINGS
 from spiketide.errors import ConfigError
 from spiketide.neuron import default_fast, unviewed
 
-__all__ = ["fold", "scale_width", "poisson_spikes", "AvgPool2d", "SpikingModel", "ENCODINGS", "register"]
+__all__ = ["fold", "scale_width", "conv_bn", "poisson_spikes", "AvgPool2d", "SpikingModel", "ENCODINGS", "register"]
 
 # name -> constructor of every built-in model; `models.create` builds from it.
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -26,7 +26,6 @@ def register(name: str):
         return fn
 
     return deco
-
 
 
 def poisson_spikes(p: torch.Tensor, generator: torch.Generator, shared: bool = False) -> torch.Tensor:
@@ -115,6 +114,11 @@ class AvgPool2d(nn.AvgPool2d):
 def scale_width(channels: int, width: float) -> int:
     """A hidden channel count / linear size times the width multiplier, rounded, at least 1."""
     return max(1, int(round(channels * width)))
+
+
+def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    """conv3x3 (padding 1, no bias) followed by BatchNorm2d."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
 
 
 def fold(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

@@ -5,12 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spiketide.models.base import AvgPool2d, SpikingModel, fold, register, scale_width
+from spiketide.models.base import AvgPool2d, SpikingModel, conv_bn, fold, register, scale_width
 from spiketide.neuron import LIF
-
-
-def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
 
 
 @register("convnet")

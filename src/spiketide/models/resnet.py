@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from spiketide.models.base import SpikingModel, fold, register, scale_width
+from spiketide.models.base import SpikingModel, conv_bn, fold, register, scale_width
 from spiketide.neuron import LIF
 
 __all__ = ["BasicBlock", "SpikingResNet", "ResNet19", "ResNet34"]
@@ -39,10 +39,8 @@ class BasicBlock(nn.Module):
         self.lif1 = LIF(tau)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-        else:
-            self.shortcut = nn.Identity()
+        self.shortcut = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                         if stride != 1 or cin != cout else nn.Identity())
         self.lif2 = LIF(tau)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,10 +50,8 @@ class BasicBlock(nn.Module):
 
 
 def _block_names(blocks: Sequence[int]) -> tuple[str, ...]:
-    names = ["stem"]
-    for s, n in enumerate(blocks, start=1):
-        names += [f"layer{s}.{i}" for i in range(n)]
-    return tuple(names + ["fc"])
+    layers = [f"layer{s}.{i}" for s, n in enumerate(blocks, start=1) for i in range(n)]
+    return ("stem", *layers, "fc")
 
 
 class SpikingResNet(SpikingModel):
@@ -68,11 +64,10 @@ class SpikingResNet(SpikingModel):
                          image_size=image_size, **kw)
         if not (len(widths) == len(strides) == len(blocks)):
             raise ValueError("widths, strides and blocks need one entry per stage")
-        stem_width = scale_width(stem_width, self.width)
+        cin = scale_width(stem_width, self.width)
         widths = [scale_width(w, self.width) for w in widths]
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_width))
+        self.stem = conv_bn(in_channels, cin)
         self.lif_in = LIF(tau)
-        cin = stem_width
         for s, (w, st, n) in enumerate(zip(widths, strides, blocks), start=1):
             layers = []
             for i in range(n):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spiketide.models.base import AvgPool2d, SpikingModel, fold, register, scale_width
+from spiketide.models.base import AvgPool2d, SpikingModel, conv_bn, fold, register, scale_width
 from spiketide.neuron import LIF
 
 __all__ = ["VGG16", "VGG16_CFG"]
@@ -46,8 +46,7 @@ class VGG16(SpikingModel):
                 continue
             k += 1
             v = scale_width(v, self.width)
-            conv = nn.Sequential(nn.Conv2d(cin, v, 3, 1, 1, bias=False), nn.BatchNorm2d(v))
-            setattr(self, "stem" if k == 1 else f"conv{k}", conv)
+            setattr(self, "stem" if k == 1 else f"conv{k}", conv_bn(cin, v))
             setattr(self, f"lif{k}", LIF(tau))
             self._pool_after.append(False)
             cin = v
