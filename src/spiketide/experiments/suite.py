@@ -149,7 +149,7 @@ def _each(pre: Callable[[str], Precondition]) -> Callable[..., tuple[Preconditio
 
 
 _fits, _tracked, _binds = _each(st.fits), _each(st.fisher_tracked), _each(st.binds)
-_FIT = lambda label: (st.fits(label), st.fisher_tracked(label))  # noqa: E731
+_FIT = lambda label: _fits(label) + _tracked(label)  # noqa: E731
 
 
 def _tic_rule(label: str, text: str, paper: str, block: str | None = None) -> ClaimSpec:
